@@ -1,0 +1,59 @@
+"""The ``labelfree`` command line.
+
+Each subcommand lives in its own module ``labelfree_jax.cli.<name>`` that defines
+``register(subparsers)`` and ``run(args) -> int``; this module only dispatches.
+Errors the user can cause (:class:`~labelfree_jax.errors.LabelfreeError`) are
+printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from labelfree_jax.errors import LabelfreeError
+
+__all__ = ["main", "build_parser"]
+
+#: Subcommand modules, in the order ``labelfree --help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = (
+    "convert_fnet",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labelfree",
+        description="Label-free prediction of fluorescence images from transmitted light (JAX).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"labelfree_jax.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose + 1, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except LabelfreeError as err:
+        print(f"labelfree {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

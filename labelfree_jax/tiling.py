@@ -1,0 +1,397 @@
+"""Tiled application of a function to a large array: plan (geometry) -> run -> blend.
+
+Three independent steps:
+
+1. :func:`plan_tiles` — pure geometry, no arrays. Given a spatial shape (any number of
+   axes), a tile shape and an overlap, it returns a :class:`TilePlan`: the padding that
+   makes every axis at least one tile long, and the tile start positions per axis (the
+   first tile at 0, the last flush with the end, evenly spaced so that neighbours overlap
+   by *at least* the requested overlap).
+2. :func:`blend_weights` — an explicit, strictly positive weight array of tile shape that
+   tapers towards the tile borders over the overlap (tile borders are where a
+   convolutional network's output is worst: its receptive field is cut off there).
+3. :func:`run_tiles` — runs any callable on fixed-shape batches of tiles and blends the
+   results into float32 accumulators of the output size, ``sum(w * out) / sum(w)``.
+
+Arrays are channel-first: ``x`` is ``(C, *spatial)``; the callable maps
+``(B, C_in, *tile)`` to ``(B, C_out, *tile)``. Coordinates and sizes are in voxels.
+
+Memory of :func:`run_tiles`: the padded input (one copy), two float32 accumulators
+(``C_out`` channels and one weight channel over the padded volume) and at most two batches
+of tiles in flight (the next batch is dispatched before the previous one is accumulated,
+so an asynchronous backend computes while the host blends). It never keeps a list of all
+tiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+from typing import Callable, Iterator, Literal, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = [
+    "TilePlan",
+    "plan_tiles",
+    "resolve_overlap",
+    "blend_weights",
+    "pad_to_plan",
+    "run_tiles",
+    "predict_tiled",
+    "BLEND_KINDS",
+    "PAD_MODES",
+]
+
+log = logging.getLogger(__name__)
+
+BLEND_KINDS = ("gaussian", "triangular", "uniform")
+PAD_MODES = ("reflect", "symmetric", "edge", "constant")
+
+BlendKind = Literal["gaussian", "triangular", "uniform"]
+PadMode = Literal["reflect", "symmetric", "edge", "constant"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles go (all in voxels, one entry per spatial axis).
+
+    Attributes:
+        shape: spatial shape of the array to tile.
+        tile_shape: spatial shape of every tile.
+        overlap: requested minimum overlap between neighbouring tiles per axis (the actual
+            overlap can be larger, because starts are spread evenly).
+        pad: ``(before, after)`` padding per axis applied before tiling (non-zero only where
+            ``shape`` is smaller than ``tile_shape``).
+        pad_modes: ``numpy.pad`` mode per axis: the requested mode, except that ``reflect``
+            falls back to ``symmetric`` when the pad exceeds ``side - 1`` and to ``edge``
+            when it exceeds ``side``.
+        starts: tile start positions per axis, in padded coordinates.
+    """
+
+    shape: tuple[int, ...]
+    tile_shape: tuple[int, ...]
+    overlap: tuple[int, ...]
+    pad: tuple[tuple[int, int], ...]
+    pad_modes: tuple[str, ...]
+    starts: tuple[tuple[int, ...], ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        return tuple(s + b + a for s, (b, a) in zip(self.shape, self.pad))
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of tiles per axis."""
+        return tuple(len(s) for s in self.starts)
+
+    @property
+    def n_tiles(self) -> int:
+        return math.prod(self.grid)
+
+    def __len__(self) -> int:
+        return self.n_tiles
+
+    def tile_starts(self) -> Iterator[tuple[int, ...]]:
+        """Start corner of every tile (padded coordinates), in C order."""
+        return itertools.product(*self.starts)
+
+    def tile_slices(self) -> Iterator[tuple[slice, ...]]:
+        """Spatial slices of every tile in the padded array, in C order."""
+        for corner in self.tile_starts():
+            yield tuple(slice(s, s + t) for s, t in zip(corner, self.tile_shape))
+
+    @property
+    def crop(self) -> tuple[slice, ...]:
+        """Spatial slices that take the original region back out of the padded array."""
+        return tuple(slice(b, b + s) for s, (b, _) in zip(self.shape, self.pad))
+
+    def max_coverage(self) -> int:
+        """The largest number of tiles covering any single voxel."""
+        worst = 1
+        for starts, t in zip(self.starts, self.tile_shape):
+            ends = [s + t for s in starts]
+            # coverage along one axis is piecewise constant; check at every start
+            worst *= max(sum(1 for s, e in zip(starts, ends) if s <= p < e) for p in starts)
+        return worst
+
+
+def _per_axis(value, n: int, name: str) -> tuple:
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return (value,) * n
+    try:
+        values = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a number or a sequence of {n} numbers, got {value!r}") from None
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ValueError(f"{name} {values} has {len(values)} entries, the array has {n} spatial axes")
+    return values
+
+
+def resolve_overlap(tile_shape: Sequence[int], overlap) -> tuple[int, ...]:
+    """Overlap in voxels per axis.
+
+    ``overlap``: a number or one per axis. An ``int`` is voxels; a ``float`` in ``[0, 1)`` is a
+    fraction of the tile side (rounded to the nearest voxel). ``None`` means 0.
+    """
+    tile_shape = tuple(int(t) for t in tile_shape)
+    if overlap is None:
+        return (0,) * len(tile_shape)
+    out = []
+    for o, t in zip(_per_axis(overlap, len(tile_shape), "overlap"), tile_shape):
+        if isinstance(o, (float, np.floating)):
+            if not 0.0 <= o < 1.0:
+                raise ValueError(f"a fractional overlap must be in [0, 1), got {o}")
+            out.append(int(round(o * t)))
+        else:
+            if int(o) != o:
+                raise ValueError(f"overlap must be whole voxels or a float fraction, got {o!r}")
+            out.append(int(o))
+    return tuple(out)
+
+
+def _pad_mode_for(side: int, before: int, after: int, mode: str) -> str:
+    if mode not in ("reflect", "symmetric"):
+        return mode
+    biggest = max(before, after)
+    if mode == "reflect" and biggest <= side - 1:
+        return "reflect"
+    if biggest <= side:
+        return "symmetric"
+    return "edge"
+
+
+def plan_tiles(
+    shape: Sequence[int],
+    tile_shape: Sequence[int] | int,
+    overlap=None,
+    *,
+    pad_mode: PadMode = "reflect",
+) -> TilePlan:
+    """Plan tiles covering an N-D spatial ``shape``.
+
+    Args:
+        shape: spatial shape (voxels), any number of axes.
+        tile_shape: tile side per axis (or one int for all).
+        overlap: minimum overlap of neighbouring tiles, voxels (int) or tile fraction (float);
+            see :func:`resolve_overlap`.
+        pad_mode: how axes shorter than the tile are padded (split evenly before/after).
+
+    Along each axis of padded length ``P`` with tile ``T`` and overlap ``O``, the number of
+    tiles is ``n = ceil((P - T) / (T - O)) + 1`` and the starts are ``round(linspace(0, P - T, n))``:
+    the first tile starts at 0, the last ends at ``P``, and neighbours overlap by ``>= O``.
+    """
+    shape = tuple(int(s) for s in shape)
+    n = len(shape)
+    if n == 0:
+        raise ValueError("cannot tile an array with no spatial axes")
+    if any(s < 1 for s in shape):
+        raise ValueError(f"every spatial side must be >= 1, got shape {shape}")
+    tiles = _per_axis(tile_shape, n, "tile_shape")
+    if any(int(t) != t for t in tiles):
+        raise ValueError(f"tile sides must be whole voxels, got {tiles}")
+    tiles = tuple(int(t) for t in tiles)
+    if any(t < 1 for t in tiles):
+        raise ValueError(f"every tile side must be >= 1, got tile shape {tiles}")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+    ov = resolve_overlap(tiles, overlap)
+    for axis, (o, t) in enumerate(zip(ov, tiles)):
+        if o < 0:
+            raise ValueError(f"overlap must be >= 0, got {o} on axis {axis}")
+        if o >= t:
+            raise ValueError(f"overlap {o} must be smaller than the tile side {t} on axis {axis}")
+    pads, modes, starts = [], [], []
+    for s, t, o in zip(shape, tiles, ov):
+        total = max(t - s, 0)
+        before, after = total // 2, total - total // 2
+        pads.append((before, after))
+        modes.append(_pad_mode_for(s, before, after, pad_mode) if total else pad_mode)
+        padded = s + total
+        if padded == t:
+            starts.append((0,))
+            continue
+        count = math.ceil((padded - t) / (t - o)) + 1
+        starts.append(tuple(int(v) for v in np.round(np.linspace(0, padded - t, count))))
+    return TilePlan(shape, tiles, ov, tuple(pads), tuple(modes), tuple(starts))
+
+
+def _profile(t: int, o: int, kind: str) -> np.ndarray:
+    """1-D weight profile of length ``t`` tapering over ``o`` voxels at both ends."""
+    w = np.ones(t, dtype=np.float64)
+    if kind == "uniform" or o == 0:
+        return w
+    # distance of each voxel centre from the nearer tile border, in voxels (>= 0.5)
+    d = np.minimum(np.arange(t) + 0.5, t - np.arange(t) - 0.5)
+    ramp = d < o
+    if kind == "triangular":
+        w[ramp] = d[ramp] / o
+    elif kind == "gaussian":
+        sigma = o / 3.0
+        w[ramp] = np.exp(-0.5 * ((o - d[ramp]) / sigma) ** 2)
+    else:
+        raise ValueError(f"blend must be one of {BLEND_KINDS}, got {kind!r}")
+    return w
+
+
+def blend_weights(
+    tile_shape: Sequence[int], overlap=None, kind: BlendKind = "gaussian"
+) -> np.ndarray:
+    """Blending weights of shape ``tile_shape`` (float32, strictly positive, max 1).
+
+    Separable: the product over axes of a 1-D profile that is 1 in the tile interior and
+    tapers towards each border over the overlap (``o`` voxels, see :func:`resolve_overlap`):
+
+    * ``"gaussian"``: ``exp(-(o - d)^2 / (2 (o/3)^2))`` at distance ``d`` (voxel centres,
+      ``d >= 0.5``) from the border, i.e. about ``e^-4.5 ≈ 0.011`` at the border;
+    * ``"triangular"``: ``d / o`` (``0.5 / o`` at the border);
+    * ``"uniform"``: 1 everywhere (plain averaging).
+
+    Every weight is > 0, so a voxel covered by one tile only is still reproduced exactly.
+    """
+    tile_shape = tuple(int(t) for t in tile_shape)
+    if kind not in BLEND_KINDS:
+        raise ValueError(f"blend must be one of {BLEND_KINDS}, got {kind!r}")
+    ov = resolve_overlap(tile_shape, overlap)
+    w = np.ones((), dtype=np.float64)
+    for t, o in zip(tile_shape, ov):
+        if not 0 <= o < t:
+            raise ValueError(f"overlap {o} must be in [0, tile side {t})")
+        w = np.multiply.outer(w, _profile(t, o, kind))
+    w = w.astype(np.float32)
+    assert np.all(w > 0)
+    return w
+
+
+def pad_to_plan(x: np.ndarray, plan: TilePlan) -> np.ndarray:
+    """Pad ``x`` ``(C, *plan.shape)`` to ``(C, *plan.padded_shape)`` as the plan says.
+
+    Returns ``x`` itself (no copy) when the plan has no padding.
+    """
+    if tuple(x.shape[1:]) != plan.shape:
+        raise ValueError(f"array spatial shape {x.shape[1:]} does not match the plan's {plan.shape}")
+    for axis, ((before, after), mode) in enumerate(zip(plan.pad, plan.pad_modes)):
+        if before or after:
+            widths = [(0, 0)] * x.ndim
+            widths[axis + 1] = (before, after)
+            x = np.pad(x, widths, mode=mode)
+    return x
+
+
+def run_tiles(
+    fn: Callable,
+    x: np.ndarray,
+    plan: TilePlan,
+    *,
+    batch_size: int = 1,
+    weights: np.ndarray | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Apply ``fn`` tile by tile and blend: returns ``(C_out, *plan.shape)`` float32.
+
+    Args:
+        fn: maps a float32 ``(batch_size, C, *tile)`` array to ``(batch_size, C_out, *tile)``
+            (numpy or jax array). It always receives exactly ``batch_size`` tiles (the last
+            batch is filled up with copies of its first tile, whose outputs are discarded),
+            so a jit-compiled ``fn`` compiles once.
+        x: ``(C, *plan.shape)`` input.
+        plan: from :func:`plan_tiles`.
+        batch_size: tiles per call.
+        weights: ``plan.tile_shape`` blending weights (strictly positive), e.g. from
+            :func:`blend_weights`; None means uniform.
+        progress: show a tqdm bar over batches.
+
+    The result is ``sum_i w_i * out_i / sum_i w_i`` over the tiles covering each voxel,
+    accumulated in float32.
+    """
+    x = np.asarray(x)
+    if x.ndim != plan.ndim + 1:
+        raise ValueError(f"expected a (C, *{plan.ndim} spatial axes) array, got shape {x.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if weights is None:
+        weights = np.ones(plan.tile_shape, np.float32)
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.shape != plan.tile_shape:
+        raise ValueError(f"weights shape {weights.shape} != tile shape {plan.tile_shape}")
+    if not np.all(weights > 0):
+        raise ValueError("blending weights must be strictly positive")
+    xp = pad_to_plan(x, plan)
+    c_in = xp.shape[0]
+    slices = list(plan.tile_slices())  # small: n_tiles tuples of slices, no array data
+    n_batches = math.ceil(len(slices) / batch_size)
+    acc: np.ndarray | None = None
+    wsum = np.zeros(plan.padded_shape, np.float32)
+
+    def accumulate(out, batch_slices):
+        nonlocal acc
+        out = np.asarray(out)
+        expected = (batch_size,) + (None,) + plan.tile_shape
+        if out.ndim != len(expected) or out.shape[0] != batch_size or out.shape[2:] != plan.tile_shape:
+            raise ValueError(
+                f"fn returned shape {out.shape} for a {(batch_size, c_in) + plan.tile_shape} batch; "
+                f"expected ({batch_size}, C_out, *{plan.tile_shape})"
+            )
+        if acc is None:
+            acc = np.zeros((out.shape[1],) + plan.padded_shape, np.float32)
+        elif out.shape[1] != acc.shape[0]:
+            raise ValueError(f"fn returned {out.shape[1]} channels, earlier batches had {acc.shape[0]}")
+        for j, sl in enumerate(batch_slices):
+            acc[(slice(None),) + sl] += out[j].astype(np.float32, copy=False) * weights
+            wsum[sl] += weights
+
+    pending = None  # (output of fn, slices) not yet accumulated
+    with tqdm(total=len(slices), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
+        for b in range(n_batches):
+            batch_slices = slices[b * batch_size : (b + 1) * batch_size]
+            batch = np.empty((batch_size, c_in) + plan.tile_shape, np.float32)
+            for j, sl in enumerate(batch_slices):
+                batch[j] = xp[(slice(None),) + sl]
+            batch[len(batch_slices) :] = batch[0]
+            out = fn(batch)  # asynchronous on JAX backends
+            if pending is not None:
+                accumulate(*pending)
+                bar.update(len(pending[1]))
+            pending = (out, batch_slices)
+        if pending is not None:
+            accumulate(*pending)
+            bar.update(len(pending[1]))
+    assert acc is not None
+    crop = plan.crop
+    acc = acc[(slice(None),) + crop]
+    acc /= wsum[crop]
+    return acc
+
+
+def predict_tiled(
+    fn: Callable,
+    x: np.ndarray,
+    *,
+    tile_shape: Sequence[int] | int,
+    overlap=None,
+    batch_size: int = 1,
+    blend: BlendKind = "gaussian",
+    pad_mode: PadMode = "reflect",
+    progress: bool = True,
+) -> np.ndarray:
+    """Plan, run and blend in one call: ``x`` ``(C, *spatial)`` -> ``(C_out, *spatial)`` float32.
+
+    See :func:`plan_tiles` (``tile_shape``, ``overlap``, ``pad_mode``), :func:`blend_weights`
+    (``blend``) and :func:`run_tiles` (``fn``, ``batch_size``, ``progress``).
+    """
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"expected a (C, *spatial) array, got shape {x.shape}")
+    plan = plan_tiles(x.shape[1:], tile_shape, overlap, pad_mode=pad_mode)
+    weights = blend_weights(plan.tile_shape, plan.overlap, blend)
+    log.debug("tiling %s into %d tiles %s (grid %s)", x.shape, plan.n_tiles, plan.tile_shape, plan.grid)
+    return run_tiles(fn, x, plan, batch_size=batch_size, weights=weights, progress=progress)
