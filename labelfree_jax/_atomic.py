@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -13,18 +13,17 @@ __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes"]
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+    """Yield a fresh temporary path ``<name>.tmp-<hex><suffix>`` beside ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
-    ``suffix`` (default: ``path``'s own suffixes) keeps writers that dispatch on the
-    extension (tifffile, PIL) happy.
+    The caller writes the file (it does not exist yet, so exclusive-create modes work and
+    permissions follow the umask); on success it is renamed onto ``path``. On any exception
+    the temporary file is removed and ``path`` is left untouched. ``suffix`` (default:
+    ``path``'s own suffixes) keeps writers that dispatch on the extension (tifffile, PIL) happy.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) if suffix is None else suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.parent / f"{path.name}.tmp-{secrets.token_hex(4)}{suffix}"
     try:
         yield tmp
         os.replace(tmp, path)

@@ -63,6 +63,9 @@ METRIC_KEYS: tuple[str, ...] = (
 # 1 / Phi^-1(3/4): turns a median absolute deviation into a Gaussian standard deviation.
 _MAD_TO_SIGMA = 1.482602218505602
 
+# Histogram bins of the Otsu threshold (scikit-image's default).
+_OTSU_BINS = 256
+
 
 # --------------------------------------------------------------------------------------------
 # input checking
@@ -327,20 +330,26 @@ def ssim(prediction: Any, target: Any, data_range: float | None = None, mask: An
 # segmentation overlap
 # --------------------------------------------------------------------------------------------
 def otsu_threshold(x: Any, mask: Any = None) -> float:
-    """Otsu's threshold (``skimage.filters.threshold_otsu``, 256 bins) of an image's intensities.
+    """Otsu's threshold of an image's intensities (256-bin histogram over ``[min, max]``).
 
     ``x``: any shape; ``mask`` selects the pixels whose histogram is used. Returns a value in
-    intensity units; foreground is ``x > threshold``. A constant image returns its value (so
-    its foreground is empty).
+    intensity units; foreground is ``x > threshold``. The optimal bin is found by
+    ``skimage.filters.threshold_otsu``; this returns that bin's upper edge (skimage returns its
+    centre, which would put part of the background class -- the pixels in the upper half of the
+    optimal bin -- into the foreground). A constant image returns its value (so its foreground
+    is empty).
     """
     from skimage.filters import threshold_otsu
 
     v = _as_float(x, "image")
     m = _check_mask(mask, v.shape)
     v = v[m] if m is not None else v.ravel()
-    if v.min() == v.max():
-        return float(v[0])
-    return float(threshold_otsu(v))
+    lo, hi = float(v.min()), float(v.max())
+    if lo == hi:
+        return lo
+    # skimage returns the centre of the optimal histogram bin, but Otsu's split puts that whole
+    # bin in the background class; its upper edge makes "x > threshold" match the split.
+    return float(threshold_otsu(v, nbins=_OTSU_BINS)) + 0.5 * (hi - lo) / _OTSU_BINS
 
 
 def otsu_binary(x: Any, mask: Any = None) -> np.ndarray:

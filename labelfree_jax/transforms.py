@@ -58,6 +58,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Numbers in transform configs are taken as they are: no "16" → 16 or True → 1 coercion.
+_Float = Annotated[float, Field(strict=True)]
+
 _SPATIAL_NAMES = {2: ("y", "x"), 3: ("z", "y", "x")}
 
 
@@ -308,7 +311,7 @@ class NormAroundCenter(_TransformBase):
     """
 
     name: Literal["norm_around_center"] = "norm_around_center"
-    n_slices: int = Field(32, ge=1)
+    n_slices: int = Field(32, ge=1, strict=True)
     fallback: Literal["whole", "error"] = "whole"
     is_geometric: ClassVar[bool] = False
 
@@ -376,10 +379,10 @@ class Resize(_TransformBase):
     """
 
     name: Literal["resize"] = "resize"
-    zoom: tuple[float, ...] | None = None
-    source_pixel_size: tuple[float, ...] | None = None
-    target_pixel_size: tuple[float, ...] | None = None
-    order: int = Field(3, ge=0, le=5)
+    zoom: tuple[_Float, ...] | None = None
+    source_pixel_size: tuple[_Float, ...] | None = None
+    target_pixel_size: tuple[_Float, ...] | None = None
+    order: int = Field(3, ge=0, le=5, strict=True)
     is_geometric: ClassVar[bool] = True
 
     @field_validator("zoom", "source_pixel_size", "target_pixel_size")
@@ -476,7 +479,7 @@ class PadToMultiple(_TransformBase):
     """
 
     name: Literal["pad_to_multiple"] = "pad_to_multiple"
-    multiple: int = Field(16, ge=1)
+    multiple: int = Field(16, ge=1, strict=True)
     mode: Literal["reflect", "edge", "constant"] = "reflect"
     axes: tuple[Literal["z", "y", "x"], ...] | None = None
     is_geometric: ClassVar[bool] = True
@@ -523,7 +526,7 @@ class CropToMultiple(_TransformBase):
     """
 
     name: Literal["crop_to_multiple"] = "crop_to_multiple"
-    multiple: int = Field(16, ge=1)
+    multiple: int = Field(16, ge=1, strict=True)
     axes: tuple[Literal["z", "y", "x"], ...] | None = None
     is_geometric: ClassVar[bool] = True
 
@@ -574,8 +577,8 @@ class Clip(_TransformBase):
     """
 
     name: Literal["clip"] = "clip"
-    low: float | None = None
-    high: float | None = None
+    low: _Float | None = None
+    high: _Float | None = None
     is_geometric: ClassVar[bool] = False
 
     @model_validator(mode="after")
@@ -643,7 +646,7 @@ def transform_from_dict(d: Mapping[str, Any]) -> Transform:
     if not isinstance(d, Mapping):
         raise ConfigError(f"a transform must be a dict with a 'name'; got {type(d).__name__}: {d!r}")
     name = d.get("name")
-    if name not in TRANSFORM_REGISTRY:
+    if not isinstance(name, str) or name not in TRANSFORM_REGISTRY:
         known = ", ".join(sorted(TRANSFORM_REGISTRY))
         if name is None:
             raise ConfigError(f"transform {dict(d)!r} has no 'name'; known transforms: {known}")
@@ -878,7 +881,8 @@ def _make(cls: type[_TransformBase], text: str, **kwargs: Any) -> _TransformBase
     try:
         return cls(**kwargs)
     except ValidationError as err:
-        raise ConfigError(f"in {text!r}: " + _format_validation_error(cls.model_fields["name"].default, cls, err)) from None
+        name = cls.model_fields["name"].default
+        raise ConfigError(f"in {text!r}: " + _format_validation_error(name, cls, err)) from None
 
 
 def _fnet_padder(kw: dict[str, Any], text: str) -> list[Transform]:
@@ -1008,6 +1012,8 @@ def _parse_text(text: str, depth: int) -> list[Transform]:
         tree = ast.parse(stripped, mode="eval")
     except SyntaxError as err:
         raise ConfigError(f"cannot parse fnet transform {text!r}: {err.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as err:
+        raise ConfigError(f"cannot parse fnet transform {text!r}: {err}") from None
     return _parse_node(tree.body, text, depth)
 
 
