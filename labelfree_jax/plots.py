@@ -202,9 +202,7 @@ def _figure(nrows: int, ncols: int, panel_shape: tuple[int, int], *, panel_inche
 def _gray_cmap(gap: str = "white"):
     from matplotlib import colormaps
 
-    cmap = colormaps["gray"].copy()
-    cmap.set_bad(gap)
-    return cmap
+    return colormaps["gray"].with_extremes(bad=gap)
 
 
 def _show(ax, img: np.ndarray, title: str, *, cmap=None, vmin=0.0, vmax=1.0):
@@ -342,8 +340,7 @@ def plot_difference_maps(
     shown = np.concatenate([np.abs(d[np.isfinite(d)]) for d in diffs])
     m = float(np.percentile(shown, 99.8))
     m = m if m > 0 else (float(shown.max()) or 1.0)
-    cmap = colormaps["RdBu_r"].copy()
-    cmap.set_bad("white")
+    cmap = colormaps["RdBu_r"].with_extremes(bad="white")
     n = len(diffs)
     fig, axes = _figure(n, 3, diffs[0].shape)
     im = None

@@ -20,6 +20,7 @@ __all__ = ["main", "build_parser"]
 #: Subcommand modules, in the order ``labelfree --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "convert_fnet",
+    "report",
 )
 
 
