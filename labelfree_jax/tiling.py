@@ -6,10 +6,13 @@ Three independent steps:
    axes), a tile shape and an overlap, it returns a :class:`TilePlan`: the padding that
    makes every axis at least one tile long, and the tile start positions per axis (the
    first tile at 0, the last flush with the end, evenly spaced so that neighbours overlap
-   by *at least* the requested overlap).
+   by *at least* the requested overlap, optionally on multiples of ``align``: a U-Net is
+   only shift-equivariant for shifts that are multiples of ``2**depth``, so unaligned tiles
+   differ from the whole-volume output everywhere, not only near their borders).
 2. :func:`blend_weights` — an explicit, strictly positive weight array of tile shape that
    tapers towards the tile borders over the overlap (tile borders are where a
-   convolutional network's output is worst: its receptive field is cut off there).
+   convolutional network's output is worst: its receptive field is cut off there), except
+   on tile sides that lie on the volume's border.
 3. :func:`run_tiles` — runs any callable on fixed-shape batches of tiles and blends the
    results into float32 accumulators of the output size, ``sum(w * out) / sum(w)``.
 
@@ -65,7 +68,7 @@ class TilePlan:
         overlap: requested minimum overlap between neighbouring tiles per axis (the actual
             overlap can be larger, because starts are spread evenly).
         pad: ``(before, after)`` padding per axis applied before tiling (non-zero only where
-            ``shape`` is smaller than ``tile_shape``).
+            ``shape`` is smaller than ``tile_shape`` or not a multiple of the alignment).
         pad_modes: ``numpy.pad`` mode per axis: the requested mode, except that ``reflect``
             falls back to ``symmetric`` when the pad exceeds ``side - 1`` and to ``edge``
             when it exceeds ``side``.
@@ -140,22 +143,21 @@ def _per_axis(value, n: int, name: str) -> tuple:
 def resolve_overlap(tile_shape: Sequence[int], overlap) -> tuple[int, ...]:
     """Overlap in voxels per axis.
 
-    ``overlap``: a number or one per axis. An ``int`` is voxels; a ``float`` in ``[0, 1)`` is a
-    fraction of the tile side (rounded to the nearest voxel). ``None`` means 0.
+    ``overlap``: a number or one per axis. A float in ``[0, 1)`` is a fraction of the tile side
+    (rounded to the nearest voxel); a whole number (``int``, or a float such as ``64.0``, as
+    JSON configs give) is voxels. ``None`` means 0.
     """
     tile_shape = tuple(int(t) for t in tile_shape)
     if overlap is None:
         return (0,) * len(tile_shape)
     out = []
     for o, t in zip(_per_axis(overlap, len(tile_shape), "overlap"), tile_shape):
-        if isinstance(o, (float, np.floating)):
-            if not 0.0 <= o < 1.0:
-                raise ValueError(f"a fractional overlap must be in [0, 1), got {o}")
+        if isinstance(o, (float, np.floating)) and 0.0 <= o < 1.0:
             out.append(int(round(o * t)))
-        else:
-            if int(o) != o:
-                raise ValueError(f"overlap must be whole voxels or a float fraction, got {o!r}")
+        elif isinstance(o, (int, float, np.integer, np.floating)) and not isinstance(o, bool) and o == int(o):
             out.append(int(o))
+        else:
+            raise ValueError(f"overlap must be whole voxels or a fraction in [0, 1), got {o!r}")
     return tuple(out)
 
 
@@ -176,6 +178,7 @@ def plan_tiles(
     overlap=None,
     *,
     pad_mode: PadMode = "reflect",
+    align: int | Sequence[int] = 1,
 ) -> TilePlan:
     """Plan tiles covering an N-D spatial ``shape``.
 
@@ -184,11 +187,19 @@ def plan_tiles(
         tile_shape: tile side per axis (or one int for all).
         overlap: minimum overlap of neighbouring tiles, voxels (int) or tile fraction (float);
             see :func:`resolve_overlap`.
-        pad_mode: how axes shorter than the tile are padded (split evenly before/after).
+        pad_mode: how the padding is filled (numpy.pad mode, with the fallbacks described in
+            :class:`TilePlan`).
+        align: tile starts (in padded coordinates) are multiples of ``align`` (per axis or
+            one int). A U-Net that downsamples ``d`` times by 2 is only shift-equivariant for
+            shifts that are multiples of ``2**d``: with ``align=2**d`` a tile's interior
+            equals the network output on the whole padded volume.
 
-    Along each axis of padded length ``P`` with tile ``T`` and overlap ``O``, the number of
-    tiles is ``n = ceil((P - T) / (T - O)) + 1`` and the starts are ``round(linspace(0, P - T, n))``:
-    the first tile starts at 0, the last ends at ``P``, and neighbours overlap by ``>= O``.
+    Each axis of length ``S`` is padded to ``P = max(T, round_up(S, align))`` (the padding
+    split evenly before/after; none when ``S`` is already long enough and aligned). With
+    ``K = (P - T) / align`` possible start positions beyond 0 and ``g = floor((T - O) / align)``
+    the largest allowed step, there are ``n = ceil(K / g) + 1`` tiles starting at
+    ``align * floor(k K / (n - 1))``, ``k = 0..n-1``: the first at 0, the last flush with
+    ``P``, neighbours overlapping by at least ``O``.
     """
     shape = tuple(int(s) for s in shape)
     n = len(shape)
@@ -204,39 +215,55 @@ def plan_tiles(
         raise ValueError(f"every tile side must be >= 1, got tile shape {tiles}")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+    aligns = _per_axis(align, n, "align")
+    if any(int(a) != a or a < 1 for a in aligns):
+        raise ValueError(f"align must be whole voxels >= 1, got {aligns}")
+    aligns = tuple(int(a) for a in aligns)
     ov = resolve_overlap(tiles, overlap)
-    for axis, (o, t) in enumerate(zip(ov, tiles)):
+    for axis, (o, t, a) in enumerate(zip(ov, tiles, aligns)):
         if o < 0:
             raise ValueError(f"overlap must be >= 0, got {o} on axis {axis}")
         if o >= t:
             raise ValueError(f"overlap {o} must be smaller than the tile side {t} on axis {axis}")
+        if t % a:
+            raise ValueError(f"tile side {t} on axis {axis} is not a multiple of align {a}")
     pads, modes, starts = [], [], []
-    for s, t, o in zip(shape, tiles, ov):
-        total = max(t - s, 0)
+    for axis, (s, t, o, a) in enumerate(zip(shape, tiles, ov, aligns)):
+        padded = max(t, -(-s // a) * a)
+        if padded > t and t - o < a:
+            raise ValueError(
+                f"tile side {t} minus overlap {o} on axis {axis} leaves a step smaller than align {a}"
+            )
+        total = padded - s
         before, after = total // 2, total - total // 2
         pads.append((before, after))
         modes.append(_pad_mode_for(s, before, after, pad_mode) if total else pad_mode)
-        padded = s + total
         if padded == t:
             starts.append((0,))
             continue
-        count = math.ceil((padded - t) / (t - o)) + 1
-        starts.append(tuple(int(v) for v in np.round(np.linspace(0, padded - t, count))))
+        k_max = (padded - t) // a
+        count = -(-k_max // ((t - o) // a)) + 1
+        starts.append(tuple(a * (k * k_max // (count - 1)) for k in range(count)))
     return TilePlan(shape, tiles, ov, tuple(pads), tuple(modes), tuple(starts))
 
 
-def _profile(t: int, o: int, kind: str) -> np.ndarray:
-    """1-D weight profile of length ``t`` tapering over ``o`` voxels at both ends."""
+def _profile(t: int, o: int, kind: str, low: bool = True, high: bool = True) -> np.ndarray:
+    """1-D weight profile of length ``t`` tapering over ``o`` voxels at the low/high end."""
     w = np.ones(t, dtype=np.float64)
-    if kind == "uniform" or o == 0:
+    if kind == "uniform" or o == 0 or not (low or high):
         return w
-    # distance of each voxel centre from the nearer tile border, in voxels (>= 0.5)
-    d = np.minimum(np.arange(t) + 0.5, t - np.arange(t) - 0.5)
+    i = np.arange(t)
+    # distance of each voxel centre from the nearer tapered tile border, in voxels (>= 0.5)
+    d = np.full(t, np.inf)
+    if low:
+        d = np.minimum(d, i + 0.5)
+    if high:
+        d = np.minimum(d, t - i - 0.5)
     ramp = d < o
     if kind == "triangular":
         w[ramp] = d[ramp] / o
     elif kind == "gaussian":
-        sigma = o / 3.0
+        sigma = o / 5.0
         w[ramp] = np.exp(-0.5 * ((o - d[ramp]) / sigma) ** 2)
     else:
         raise ValueError(f"blend must be one of {BLEND_KINDS}, got {kind!r}")
@@ -244,17 +271,29 @@ def _profile(t: int, o: int, kind: str) -> np.ndarray:
 
 
 def blend_weights(
-    tile_shape: Sequence[int], overlap=None, kind: BlendKind = "gaussian"
+    tile_shape: Sequence[int],
+    overlap=None,
+    kind: BlendKind = "gaussian",
+    *,
+    taper: Sequence[tuple[bool, bool]] | None = None,
 ) -> np.ndarray:
     """Blending weights of shape ``tile_shape`` (float32, strictly positive, max 1).
 
     Separable: the product over axes of a 1-D profile that is 1 in the tile interior and
     tapers towards each border over the overlap (``o`` voxels, see :func:`resolve_overlap`):
 
-    * ``"gaussian"``: ``exp(-(o - d)^2 / (2 (o/3)^2))`` at distance ``d`` (voxel centres,
-      ``d >= 0.5``) from the border, i.e. about ``e^-4.5 ≈ 0.011`` at the border;
+    * ``"gaussian"``: ``exp(-(o - d)^2 / (2 (o/5)^2))`` at distance ``d`` (voxel centres,
+      ``d >= 0.5``) from the border, i.e. about ``e^-12.5 ≈ 4e-6`` at the border and
+      ``e^-3.1 ≈ 0.044`` at half the overlap (where two neighbours weigh the same). The outermost
+      voxels of a network tile are the worst (for a random fnet the error there is several
+      output standard deviations), so their weight must be tiny where a neighbour overlaps;
     * ``"triangular"``: ``d / o`` (``0.5 / o`` at the border);
     * ``"uniform"``: 1 everywhere (plain averaging).
+
+    ``taper``: per axis ``(low, high)``: whether to taper towards the low / high border
+    (default: both). :func:`run_tiles` does not taper a tile side that lies on the volume's
+    border: no neighbour overlaps there, and a taper would only shrink the tile's weight
+    relative to a neighbour whose border it overlaps.
 
     Every weight is > 0, so a voxel covered by one tile only is still reproduced exactly.
     """
@@ -262,14 +301,26 @@ def blend_weights(
     if kind not in BLEND_KINDS:
         raise ValueError(f"blend must be one of {BLEND_KINDS}, got {kind!r}")
     ov = resolve_overlap(tile_shape, overlap)
+    if taper is None:
+        taper = [(True, True)] * len(tile_shape)
+    if len(taper) != len(tile_shape):
+        raise ValueError(f"taper has {len(taper)} entries for {len(tile_shape)} axes")
     w = np.ones((), dtype=np.float64)
-    for t, o in zip(tile_shape, ov):
+    for t, o, (low, high) in zip(tile_shape, ov, taper):
         if not 0 <= o < t:
             raise ValueError(f"overlap {o} must be in [0, tile side {t})")
-        w = np.multiply.outer(w, _profile(t, o, kind))
+        w = np.multiply.outer(w, _profile(t, o, kind, bool(low), bool(high)))
     w = w.astype(np.float32)
-    assert np.all(w > 0)
+    if not np.all(w > 0):  # pragma: no cover - the profiles are >= exp(-12.5)^ndim or 0.5/o
+        raise ValueError("blending weights underflowed to 0")
     return w
+
+
+def _tile_taper(plan: TilePlan, corner: Sequence[int]) -> tuple[tuple[bool, bool], ...]:
+    """Taper a tile side only where it is not on the padded volume's border."""
+    return tuple(
+        (c > 0, c + t < p) for c, t, p in zip(corner, plan.tile_shape, plan.padded_shape)
+    )
 
 
 def pad_to_plan(x: np.ndarray, plan: TilePlan) -> np.ndarray:
@@ -293,7 +344,7 @@ def run_tiles(
     plan: TilePlan,
     *,
     batch_size: int = 1,
-    weights: np.ndarray | None = None,
+    weights: np.ndarray | str | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """Apply ``fn`` tile by tile and blend: returns ``(C_out, *plan.shape)`` float32.
@@ -306,8 +357,10 @@ def run_tiles(
         x: ``(C, *plan.shape)`` input.
         plan: from :func:`plan_tiles`.
         batch_size: tiles per call.
-        weights: ``plan.tile_shape`` blending weights (strictly positive), e.g. from
-            :func:`blend_weights`; None means uniform.
+        weights: a blend kind (``"gaussian"``, ``"triangular"``, ``"uniform"``): per-tile
+            :func:`blend_weights` over ``plan.overlap`` that do not taper on the volume's
+            border; or one explicit ``plan.tile_shape`` array (strictly positive) used for every
+            tile; None means uniform.
         progress: show a tqdm bar over batches.
 
     The result is ``sum_i w_i * out_i / sum_i w_i`` over the tiles covering each voxel,
@@ -320,11 +373,27 @@ def run_tiles(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if weights is None:
         weights = np.ones(plan.tile_shape, np.float32)
-    weights = np.asarray(weights, dtype=np.float32)
-    if weights.shape != plan.tile_shape:
-        raise ValueError(f"weights shape {weights.shape} != tile shape {plan.tile_shape}")
-    if not np.all(weights > 0):
-        raise ValueError("blending weights must be strictly positive")
+    if isinstance(weights, str):
+        kind = weights
+        if kind not in BLEND_KINDS:
+            raise ValueError(f"blend must be one of {BLEND_KINDS}, got {kind!r}")
+        cache: dict = {}
+
+        def weights_for(corner):
+            key = _tile_taper(plan, corner)
+            if key not in cache:
+                cache[key] = blend_weights(plan.tile_shape, plan.overlap, kind, taper=key)
+            return cache[key]
+
+    else:
+        fixed = np.asarray(weights, dtype=np.float32)
+        if fixed.shape != plan.tile_shape:
+            raise ValueError(f"weights shape {fixed.shape} != tile shape {plan.tile_shape}")
+        if not np.all(fixed > 0):
+            raise ValueError("blending weights must be strictly positive")
+
+        def weights_for(corner):
+            return fixed
     xp = pad_to_plan(x, plan)
     c_in = xp.shape[0]
     slices = list(plan.tile_slices())  # small: n_tiles tuples of slices, no array data
@@ -335,8 +404,7 @@ def run_tiles(
     def accumulate(out, batch_slices):
         nonlocal acc
         out = np.asarray(out)
-        expected = (batch_size,) + (None,) + plan.tile_shape
-        if out.ndim != len(expected) or out.shape[0] != batch_size or out.shape[2:] != plan.tile_shape:
+        if out.ndim != plan.ndim + 2 or out.shape[0] != batch_size or out.shape[2:] != plan.tile_shape:
             raise ValueError(
                 f"fn returned shape {out.shape} for a {(batch_size, c_in) + plan.tile_shape} batch; "
                 f"expected ({batch_size}, C_out, *{plan.tile_shape})"
@@ -346,8 +414,9 @@ def run_tiles(
         elif out.shape[1] != acc.shape[0]:
             raise ValueError(f"fn returned {out.shape[1]} channels, earlier batches had {acc.shape[0]}")
         for j, sl in enumerate(batch_slices):
-            acc[(slice(None),) + sl] += out[j].astype(np.float32, copy=False) * weights
-            wsum[sl] += weights
+            w = weights_for(tuple(s.start for s in sl))
+            acc[(slice(None),) + sl] += out[j].astype(np.float32, copy=False) * w
+            wsum[sl] += w
 
     pending = None  # (output of fn, slices) not yet accumulated
     with tqdm(total=len(slices), desc="tiles", unit="tile", disable=not progress, leave=False) as bar:
@@ -381,17 +450,18 @@ def predict_tiled(
     batch_size: int = 1,
     blend: BlendKind = "gaussian",
     pad_mode: PadMode = "reflect",
+    align: int | Sequence[int] = 1,
     progress: bool = True,
 ) -> np.ndarray:
     """Plan, run and blend in one call: ``x`` ``(C, *spatial)`` -> ``(C_out, *spatial)`` float32.
 
-    See :func:`plan_tiles` (``tile_shape``, ``overlap``, ``pad_mode``), :func:`blend_weights`
-    (``blend``) and :func:`run_tiles` (``fn``, ``batch_size``, ``progress``).
+    See :func:`plan_tiles` (``tile_shape``, ``overlap``, ``pad_mode``, ``align``), :func:`blend_weights`
+    (``blend``; tile sides on the volume border are not tapered) and :func:`run_tiles` (``fn``,
+    ``batch_size``, ``progress``).
     """
     x = np.asarray(x)
     if x.ndim < 2:
         raise ValueError(f"expected a (C, *spatial) array, got shape {x.shape}")
-    plan = plan_tiles(x.shape[1:], tile_shape, overlap, pad_mode=pad_mode)
-    weights = blend_weights(plan.tile_shape, plan.overlap, blend)
+    plan = plan_tiles(x.shape[1:], tile_shape, overlap, pad_mode=pad_mode, align=align)
     log.debug("tiling %s into %d tiles %s (grid %s)", x.shape, plan.n_tiles, plan.tile_shape, plan.grid)
-    return run_tiles(fn, x, plan, batch_size=batch_size, weights=weights, progress=progress)
+    return run_tiles(fn, x, plan, batch_size=batch_size, weights=blend, progress=progress)

@@ -21,6 +21,11 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES: tuple[str, ...] = (
     "convert_fnet",
     "report",
+    "predict",
+    "train",
+    "demo",
+    "publish",
+    "zoo",
 )
 
 

@@ -1,0 +1,108 @@
+"""``labelfree predict``: predict fluorescence for image files with a model package or zoo model."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+
+def _number(text: str) -> int | float:
+    """An overlap value: ``64`` (voxels) or ``0.25`` (fraction of the tile)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard must be i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict fluorescence images from transmitted-light images",
+        description=(
+            "Predict with a model package folder or a zoo model name. INPUTS are image files "
+            "(TIFF/OME-TIFF/CZI), folders, glob patterns or CSV manifests (column path_signal, optional "
+            "path_target). Writes <out>/<stem>_prediction.ome.tif per image and summary.csv "
+            "(summary-<i>-of-<n>.csv with --shard). Exit status 1 if any image failed."
+        ),
+    )
+    parser.add_argument("inputs", nargs="*", metavar="INPUTS", help="input images, folders, globs or CSV manifests")
+    parser.add_argument("--model", required=True, metavar="NAME_OR_DIR", help="zoo model name or package folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--target", nargs="+", metavar="T",
+                       help="target image(s) paired in order with the inputs (adds Pearson r to the summary)")
+    group.add_argument("--manifest", metavar="CSV", help="CSV manifest with path_signal [and path_target]")
+    parser.add_argument("--tile", nargs="+", type=int, metavar="N",
+                        help="tile shape on the model's working grid: Z Y X (3D) or Y X (2D); default from memory")
+    parser.add_argument("--overlap", nargs="+", type=_number, metavar="V",
+                        help="tile overlap: one value or one per axis; integers are voxels, fractions (0.25) "
+                             "are of the tile (default min(64, tile/2, tile-16) voxels)")
+    parser.add_argument("--batch-size", type=int, default=1, help="tiles per network call (default 1)")
+    parser.add_argument("--blend", choices=("gaussian", "triangular", "uniform"),
+                        help="tile blending weights (default: the model's, else gaussian)")
+    parser.add_argument("--tta", action="store_true", help="average over flips of the spatial axes (2**ndim x slower)")
+    parser.add_argument("--shard", type=_shard, metavar="i/n",
+                        help="predict only share i of n (default: this JAX process's share)")
+    parser.add_argument("--axes", help="axes of the stored arrays when the metadata is missing/wrong, e.g. CYX")
+    parser.add_argument("--max-memory-gb", type=float, metavar="GB",
+                        help="memory budget for choosing the tile size (default: 40%% of the accelerator, "
+                             "or 1/4 of RAM up to 4 GB on CPU)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _load_model(name_or_dir: str):
+    if importlib.util.find_spec("labelfree_jax.zoo") is not None:
+        from labelfree_jax import zoo
+
+        return zoo.load(name_or_dir)
+    from labelfree_jax.package import load_package
+
+    return load_package(name_or_dir)
+
+
+def run(args: argparse.Namespace) -> int:
+    from labelfree_jax.errors import InputError
+    from labelfree_jax.predict import predict_files, resolve_shard, summary_path
+
+    inputs = list(args.inputs)
+    if args.manifest:
+        inputs.append(args.manifest)
+    if not inputs:
+        raise InputError("give INPUTS or --manifest")
+    model = _load_model(args.model)
+    overlap = None
+    if args.overlap:
+        overlap = args.overlap[0] if len(args.overlap) == 1 else tuple(args.overlap)
+    records = predict_files(
+        model,
+        inputs,
+        args.out,
+        target=args.target,
+        shard=args.shard,
+        tile_shape=tuple(args.tile) if args.tile else None,
+        overlap=overlap,
+        batch_size=args.batch_size,
+        blend=args.blend,
+        tta=args.tta,
+        axes=args.axes,
+        max_memory_bytes=int(args.max_memory_gb * 2**30) if args.max_memory_gb else None,
+        progress=not args.no_progress,
+    )
+    n_bad = sum(not r.ok for r in records)
+    where = summary_path(args.out, resolve_shard(args.shard))
+    print(f"{len(records) - n_bad} of {len(records)} image(s) predicted, {n_bad} failed; summary: {where}")
+    return 1 if n_bad else 0

@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Accuracy on real data: train with the project's own CLI, evaluate on the fixed test splits.
+
+For each dataset in ``../shared/data`` (see its README for the splits) this script
+
+1. writes a CSV manifest and a typed run config (``<work>/<dataset>/train.json``) that selects
+   the *train* region only;
+2. runs ``labelfree train <config> --run-dir <work>/<dataset>/run`` — exactly what a user runs;
+3. loads the resulting model package, predicts the whole field (the input is available
+   everywhere at test time; no target is used) and evaluates the *test* region with
+   :func:`labelfree_jax.metrics.evaluate` (per target channel);
+4. appends a row per target to ``docs/benchmarks.md`` (the table is rewritten from
+   ``<work>/results.json``, so datasets can be run one at a time).
+
+Usage::
+
+    python scripts/benchmark_accuracy.py --dataset isl_condition_b [--minutes 28]
+    python scripts/benchmark_accuracy.py --dataset allen_fnet2017_crop
+    python scripts/benchmark_accuracy.py --dataset cohen_frm
+    python scripts/benchmark_accuracy.py --table-only
+
+Seeds are fixed in the configs, so a row is reproducible from its command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+log = logging.getLogger("benchmark_accuracy")
+
+# Reference results from ../shared/data/README.md (Pearson r on the test region).
+REFERENCES = {
+    ("isl_condition_b", "DAPI"): "0.82 (PyTorch 2D, 8.5 min)",
+    ("isl_condition_b", "MAP2"): "0.89 (PyTorch 2D, 8.5 min)",
+    ("isl_condition_b", "NFH"): "0.58 (PyTorch 2D, 8.5 min)",
+    ("allen_fnet2017_crop", "DNA"): "0.786 (2017 fnet, full data); 0.44 (PyTorch 3D, 13 min, train region)",
+    ("cohen_frm", "Hoechst"): "—",
+}
+
+NORMALIZE = [{"name": "normalize"}]
+
+
+def _dataset_specs(minutes: float) -> dict[str, dict]:
+    """Per dataset: files, split regions and the training recipe (our choices, documented)."""
+    seconds = 60.0 * minutes
+    return {
+        "isl_condition_b": {
+            "signal": DATA / "isl_condition_b" / "phase_zyx.tif",
+            "target": DATA / "isl_condition_b" / "targets_dapi_map2_nfh_cyx.tif",
+            "signal_axes": "CYX",  # 13 focal planes fed as channels of a 2D net
+            "target_axes": "CYX",
+            "targets": ["DAPI", "MAP2", "NFH"],
+            "train_region": {"y": [0, 768]},
+            "test_region": {"y": [768, 1024]},
+            "config": {
+                "model": {"ndim": 2, "depth": 4, "mult_chan": 32, "in_channels": 13, "out_channels": 3,
+                          "base_channels": 32},
+                "patch_shape": [128, 128],
+                "batch_size": 8,
+                "steps": 6000,
+                "schedule": {"name": "cosine", "warmup_steps": 100},
+                "augmentation": {"flip": True, "rotate90": True},
+            },
+            "max_seconds": seconds,
+        },
+        "allen_fnet2017_crop": {
+            "signal": DATA / "allen_fnet2017_crop" / "brightfield.tif",
+            "target": DATA / "allen_fnet2017_crop" / "dna.tif",
+            "signal_axes": None,
+            "target_axes": None,
+            "targets": ["DNA"],
+            "train_region": {"x": [0, 80]},
+            "test_region": {"x": [96, 128]},
+            "config": {
+                "model": {"ndim": 3, "depth": 4, "mult_chan": 16, "in_channels": 1, "out_channels": 1},
+                "patch_shape": [32, 64, 64],
+                "batch_size": 4,
+                "steps": 3000,
+                "schedule": {"name": "cosine", "warmup_steps": 50},
+                "augmentation": {"flip": True, "rotate90": True},
+            },
+            "max_seconds": seconds,
+        },
+        "cohen_frm": {
+            "signal": DATA / "cohen_frm" / "phase.tif",
+            "target": DATA / "cohen_frm" / "hoechst.tif",
+            "signal_axes": None,
+            "target_axes": None,
+            "targets": ["Hoechst"],
+            "train_region": {"x": [0, 384]},
+            "test_region": {"x": [384, 512]},
+            "config": {
+                "model": {"ndim": 2, "depth": 4, "mult_chan": 32, "in_channels": 1, "out_channels": 1},
+                "patch_shape": [128, 128],
+                "batch_size": 8,
+                "steps": 3000,
+                "schedule": {"name": "cosine", "warmup_steps": 100},
+                "augmentation": {"flip": True, "rotate90": True},
+            },
+            "max_seconds": seconds,
+        },
+    }
+
+
+def write_run_config(name: str, spec: dict, work: Path) -> Path:
+    """Manifest + run config for training on the train region only."""
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "train.csv"
+    manifest.write_text(f"path_signal,path_target\n{spec['signal']},{spec['target']}\n")
+    dataset = {"manifest": manifest.name, "region": spec["train_region"]}
+    if spec["signal_axes"]:
+        dataset["signal_axes"] = spec["signal_axes"]
+    if spec["target_axes"]:
+        dataset["target_axes"] = spec["target_axes"]
+    config = {
+        "name": f"{name}-benchmark",
+        "description": f"accuracy benchmark on ../shared/data/{name} (train region {spec['train_region']})",
+        "data": {"train": dataset},
+        "signal_transforms": NORMALIZE,
+        "target_transforms": NORMALIZE,
+        "optimizer": {"name": "adam", "learning_rate": 1e-3, "betas": [0.5, 0.999]},
+        "loss": "mse",
+        "buffer_size": 1,
+        "checkpoint_interval": 500,
+        "validation_interval": 0,
+        "log_interval": 20,
+        "seed": 0,
+        **spec["config"],
+    }
+    path = folder / "train.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def _crop(x: np.ndarray, region: dict) -> np.ndarray:
+    axes = {"z": -3, "y": -2, "x": -1}
+    index = [slice(None)] * x.ndim
+    for axis, (start, stop) in region.items():
+        index[axes[axis]] = slice(start, stop)
+    return x[tuple(index)]
+
+
+def evaluate_run(name: str, spec: dict, package_dir: Path) -> list[dict]:
+    from labelfree_jax import metrics
+    from labelfree_jax.io import read_image
+    from labelfree_jax.package import load_package
+
+    model = load_package(package_dir)
+    signal = read_image(spec["signal"], axes=spec["signal_axes"]).data.astype(np.float32)
+    target = read_image(spec["target"], axes=spec["target_axes"]).data.astype(np.float32)
+    t0 = time.perf_counter()
+    prediction = model.predict(signal, progress=False)
+    predict_seconds = time.perf_counter() - t0
+    rows = []
+    for c, target_name in enumerate(spec["targets"]):
+        pred_test = _crop(prediction[c], spec["test_region"])
+        target_test = _crop(target[c], spec["test_region"])
+        # SSIM / NRMSE depend on units: compare z-scored images (the prediction is in z-units).
+        z = lambda a: (a - a.mean()) / a.std()  # noqa: E731
+        m = metrics.evaluate(z(pred_test), z(target_test))
+        whole = metrics.pearson_r(prediction[c], target[c])
+        rows.append({"dataset": name, "target": target_name, "pearson_r": m["pearson_r"], "ssim": m["ssim"],
+                     "nrmse": m["nrmse"], "whole_r": whole, "predict_seconds": predict_seconds})
+    if name == "allen_fnet2017_crop":
+        original = read_image(DATA / name / "fnet2017_prediction.tif").data.astype(np.float32)
+        rows[0]["original_2017_r"] = metrics.pearson_r(_crop(original[0], spec["test_region"]),
+                                                       _crop(target[0], spec["test_region"]))
+    return rows
+
+
+def run_dataset(name: str, minutes: float, work: Path) -> list[dict]:
+    spec = _dataset_specs(minutes)[name]
+    config_path = write_run_config(name, spec, work)
+    run_dir = work / name / "run"
+    command = [sys.executable, "-m", "labelfree_jax", "train", str(config_path), "--run-dir", str(run_dir),
+               "--max-seconds", str(int(spec["max_seconds"]))]
+    log.info("running: %s", " ".join(command))
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO)
+    train_seconds = time.perf_counter() - t0
+    summary = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
+    rows = evaluate_run(name, spec, run_dir / "package")
+    shown_command = f"python scripts/benchmark_accuracy.py --dataset {name} --minutes {minutes:g}"
+    for row in rows:
+        row.update(train_minutes=train_seconds / 60, steps=summary.get("steps"), command=shown_command,
+                   reference=REFERENCES.get((name, row["target"]), "—"))
+    return rows
+
+
+def write_table(results: list[dict], path: Path) -> str:
+    lines = [
+        "| dataset | target | Pearson r (test) | SSIM | NRMSE | reference r | whole-field r | train wall time | steps | command |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['dataset']} | {r['target']} | **{r['pearson_r']:.3f}** | {r['ssim']:.3f} | {r['nrmse']:.3f} | "
+            f"{r['reference']} | {r['whole_r']:.3f} | {r['train_minutes']:.1f} min | {r.get('steps')} | "
+            f"`{r['command']}` |"
+        )
+    table = "\n".join(lines)
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    start, end = "<!-- accuracy-table-start -->", "<!-- accuracy-table-end -->"
+    block = f"{start}\n{table}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text += f"\n## Accuracy on real data\n\n{block}\n"
+    path.write_text(text)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", action="append", choices=sorted(_dataset_specs(1)), help="repeatable")
+    parser.add_argument("--minutes", type=float, default=28.0, help="training wall-time cap per dataset")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "benchmark_accuracy")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table from results.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not DATA.is_dir():
+        print(f"real data folder {DATA} is absent", file=sys.stderr)
+        return 2
+    args.work.mkdir(parents=True, exist_ok=True)
+    results_path = args.work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else []
+    if not args.table_only:
+        for name in args.dataset or []:
+            rows = run_dataset(name, args.minutes, args.work)
+            results = [r for r in results if r["dataset"] != name] + rows
+            results_path.write_text(json.dumps(results, indent=2))
+    print(write_table(results, args.docs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""JAX vs PyTorch speed of the fnet U-Net on CPU, side by side in one process.
+
+Measures, for the default 3D net (``NetworkConfig()``, 23.3 M parameters):
+
+* predict: eval-mode forward of one whole volume ``(1, 1, Z, Y, X)`` (default 32×256×256);
+* train: one Adam step (MSE loss, BatchNorm in train mode) on a batch ``(B, 1, Z, Y, X)``
+  (default 4 × 32×64×64);
+
+JAX (``labelfree_jax.model``, convolution formulation from ``--impl``) against the
+independent PyTorch reference ``tests/torch_fnet.py`` with the same weights. Repeats are
+interleaved (JAX, PyTorch, JAX, ...) and the median is reported, because the machine may be
+shared; the load average is printed. Also printed: compile time, peak RSS growth during each
+phase, the machine's measured peak FLOP/s (large fp32 matmul, best of JAX and PyTorch), the
+network's FLOPs per voxel (from the layer shapes) and the resulting ceiling in Mvox/s.
+
+``--layers`` adds a per-layer table: every distinct stride-1 3×3×3 convolution of the net at
+the predict and train shapes, each ``conv_same`` formulation against ``torch.nn.functional.conv3d``
+(forward; forward + both gradients), in GFLOP/s.
+
+Run from the repository root::
+
+    python3 scripts/benchmark_speed.py                 # whole network, ~5 min on 2 cores
+    python3 scripts/benchmark_speed.py --layers        # plus the per-layer table
+    LABELFREE_CONV_IMPL=native python3 scripts/benchmark_speed.py   # XLA's native conv
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Samples the process RSS every ``interval`` s in a thread; ``peak - start`` is the growth."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+
+    def __enter__(self):
+        self.start = _rss_bytes()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def conv_layers(config) -> list[tuple[int, int, int]]:
+    """Every stride-1 3×3(×3) convolution of the fnet U-Net: ``(level, C_in, C_out)``."""
+    out = []
+    c_in, c = config.in_channels, config.first_channels
+    for level in range(config.depth + 1):
+        out += [(level, c_in, c), (level, c, c)]
+        if level < config.depth:
+            out += [(level, 2 * c, c), (level, c, c)]
+        c_in, c = c, 2 * c
+    out.append((0, config.first_channels, config.out_channels))
+    return out
+
+
+def flops_per_voxel(config) -> float:
+    """Forward FLOPs (2 per multiply-add) per input voxel; convolutions only (BN/ReLU ~1%)."""
+    k = 3**config.ndim
+    vol = 2**config.ndim
+    total = sum(2.0 * k * ci * co / vol**level for level, ci, co in conv_layers(config))
+    c = config.first_channels
+    for level in range(config.depth):  # conv_down (C -> C) and convt (2C -> C), at level+1 input size
+        total += 2.0 * 2 * vol * c * c / vol ** (level + 1) + 2.0 * vol * 2 * c * c / vol ** (level + 1)
+        c *= 2
+    return total
+
+
+def peak_flops(repeats: int = 5, n: int = 4096) -> dict[str, float]:
+    """Best fp32 matmul GFLOP/s of JAX and of PyTorch (n×n @ n×n)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    ta = torch.ones(n, n)
+    best = {"jax": 0.0, "torch": 0.0}
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best["jax"] = max(best["jax"], 2 * n**3 / (time.perf_counter() - t) / 1e9)
+        t = time.perf_counter()
+        ta @ ta
+        best["torch"] = max(best["torch"], 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+class Timer:
+    """Collects wall and CPU seconds of repeated runs; median wall time is the result."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.rss: int = 0
+
+    def run(self, fn) -> None:
+        with PeakRss() as rss:
+            c, t = _cpu_seconds(), time.perf_counter()
+            fn()
+            self.wall.append(time.perf_counter() - t)
+            self.cpu.append(_cpu_seconds() - c)
+        self.rss = max(self.rss, rss.growth)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.wall))
+
+
+def build(args):
+    """The two networks with the same weights, and their predict/train callables."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+
+    from labelfree_jax.config import NetworkConfig
+    from labelfree_jax.convert import state_dict_to_variables
+    from labelfree_jax.model import build_network
+    from labelfree_jax.package import unflatten_variables
+    from tests.torch_fnet import Net, weights_init
+
+    cfg = NetworkConfig()
+    torch.manual_seed(0)
+    tnet = Net(depth=cfg.depth, mult_chan=cfg.mult_chan, in_channels=cfg.in_channels, out_channels=cfg.out_channels)
+    tnet.apply(weights_init)
+    variables = jax.tree_util.tree_map(jnp.asarray, unflatten_variables(state_dict_to_variables(tnet.state_dict())))
+    net = build_network(cfg)
+    rng = np.random.default_rng(0)
+
+    # ---- predict
+    xp = rng.standard_normal((1, cfg.in_channels, *args.predict_shape)).astype(np.float32)
+    xp_jax = jnp.asarray(np.moveaxis(xp, 1, -1))
+    xp_torch = torch.from_numpy(xp)
+    fwd = jax.jit(lambda v, x: net.apply(v, x, train=False))
+    t = time.perf_counter()
+    fwd_c = fwd.lower(variables, xp_jax).compile()
+    compile_predict = time.perf_counter() - t
+
+    def jax_predict():
+        return fwd_c(variables, xp_jax).block_until_ready()
+
+    def torch_predict():
+        tnet.eval()
+        with torch.no_grad():
+            return tnet(xp_torch)
+
+    # ---- train
+    xt = rng.standard_normal((args.batch, cfg.in_channels, *args.train_shape)).astype(np.float32)
+    yt = rng.standard_normal((args.batch, cfg.out_channels, *args.train_shape)).astype(np.float32)
+    xt_jax, yt_jax = jnp.asarray(np.moveaxis(xt, 1, -1)), jnp.asarray(np.moveaxis(yt, 1, -1))
+    tx = optax.adam(args.lr)
+
+    def step(state, x, y):
+        def loss_fn(params):
+            out, upd = net.apply(
+                {"params": params, "batch_stats": state["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.mean((out - y) ** 2), upd["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats, "opt": opt}, loss
+
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"], "opt": tx.init(variables["params"])}
+    state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)
+    t = time.perf_counter()
+    step_c = jax.jit(step, donate_argnums=0).lower(state, xt_jax, yt_jax).compile()
+    compile_train = time.perf_counter() - t
+    holder = {"state": state}
+
+    def jax_train():
+        holder["state"], loss = step_c(holder["state"], xt_jax, yt_jax)
+        return float(loss)
+
+    topt = torch.optim.Adam(tnet.parameters(), lr=args.lr)
+    xt_torch, yt_torch = torch.from_numpy(xt), torch.from_numpy(yt)
+
+    def torch_train():
+        tnet.train()
+        topt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(tnet(xt_torch), yt_torch)
+        loss.backward()
+        topt.step()
+        return float(loss)
+
+    # parity of the two predictions (same weights; BN running stats are the initial 0/1)
+    diff = float(np.max(np.abs(np.moveaxis(np.asarray(jax_predict()), -1, 1) - torch_predict().numpy())))
+    return cfg, {
+        "predict": (jax_predict, torch_predict, int(np.prod(args.predict_shape)), compile_predict),
+        "train": (jax_train, torch_train, args.batch * int(np.prod(args.train_shape)), compile_train),
+    }, diff
+
+
+def layer_table(args, cfg) -> list[str]:
+    """Per-layer GFLOP/s of every conv_same formulation and of torch conv3d (min of repeats)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from labelfree_jax import ops
+
+    def best(fn, n):
+        fn()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    seen = set()
+    rows = ["| pass | shape (B, Z, Y, X) | C_in→C_out | torch | " + " | ".join(ops.CONV_IMPLS) + " | auto picks |",
+            "|---|---|---|---|" + "---|" * len(ops.CONV_IMPLS) + "---|"]
+    rng = np.random.default_rng(0)
+    for mode, (b, *spatial) in (("fwd", (1, *args.predict_shape)), ("fwd+bwd", (args.batch, *args.train_shape))):
+        for level, ci, co in conv_layers(cfg):
+            shape = (b, *[s >> level for s in spatial])
+            key = (mode, shape, ci, co)
+            if key in seen:
+                continue
+            seen.add(key)
+            if args.layer_max_channels and max(ci, co) > args.layer_max_channels:
+                continue
+            x = jnp.asarray(rng.standard_normal((*shape, ci)), jnp.float32)
+            k = jnp.asarray(0.05 * rng.standard_normal((3, 3, 3, ci, co)), jnp.float32)
+            g = jnp.asarray(rng.standard_normal((*shape, co)), jnp.float32)
+            flop = 2 * 27 * ci * co * int(np.prod(shape)) * (1 if mode == "fwd" else 3)
+            tx = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1)))
+            tk = torch.from_numpy(np.ascontiguousarray(np.asarray(k).transpose(4, 3, 0, 1, 2)))
+            tg = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(g), -1, 1)))
+            if mode == "fwd":
+                def tfn():
+                    with torch.no_grad():
+                        torch.nn.functional.conv3d(tx, tk, padding=1)
+            else:
+                tx.requires_grad_(True)
+                tk.requires_grad_(True)
+
+                def tfn():
+                    y = torch.nn.functional.conv3d(tx, tk, padding=1)
+                    torch.autograd.grad(y, (tx, tk), tg)
+            cells = [f"{flop / best(tfn, args.layer_repeats) / 1e9:.0f}"]
+            for impl in ops.CONV_IMPLS:
+                if mode == "fwd":
+                    f = jax.jit(lambda x, k, impl=impl: ops.conv_same(x, k, impl))
+                    fn = lambda f=f: f(x, k).block_until_ready()  # noqa: E731
+                else:
+                    f = jax.jit(lambda x, k, g, impl=impl: jax.vjp(lambda x, k: ops.conv_same(x, k, impl), x, k)[1](g))
+                    fn = lambda f=f: jax.block_until_ready(f(x, k, g))  # noqa: E731
+                cells.append(f"{flop / best(fn, args.layer_repeats) / 1e9:.0f}")
+            pick = ops.choose_conv_impl(x.shape, k.shape)
+            rows.append(f"| {mode} | {shape} | {ci}→{co} | " + " | ".join(cells) + f" | {pick} |")
+            print(rows[-1], f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--impl", default=None, help="conv_same formulation for JAX (sets LABELFREE_CONV_IMPL); default auto")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per framework and task (median reported)")
+    p.add_argument("--predict-shape", type=int, nargs=3, default=(32, 256, 256), metavar=("Z", "Y", "X"))
+    p.add_argument("--train-shape", type=int, nargs=3, default=(32, 64, 64), metavar=("Z", "Y", "X"))
+    p.add_argument("--batch", type=int, default=4, help="train batch size")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads (XLA uses all cores)")
+    p.add_argument("--tasks", default="predict,train", help="comma list of predict, train (empty: none)")
+    p.add_argument("--layers", action="store_true", help="also print the per-layer table")
+    p.add_argument("--layer-repeats", type=int, default=3)
+    p.add_argument("--layer-max-channels", type=int, default=0, help="skip layers with more channels (0: none)")
+    args = p.parse_args(argv)
+    if args.impl:
+        os.environ["LABELFREE_CONV_IMPL"] = args.impl
+
+    import jax
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
+          f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads); "
+          f"conv impl {os.environ.get('LABELFREE_CONV_IMPL', 'auto')}; load {os.getloadavg()}")
+    from labelfree_jax.config import NetworkConfig
+
+    cfg = NetworkConfig()
+    peak = peak_flops()
+    fpv = flops_per_voxel(cfg)
+    best_peak = max(peak.values())
+    print(f"peak fp32 matmul GFLOP/s: jax {peak['jax']:.0f}, torch {peak['torch']:.0f}; "
+          f"network forward {fpv / 1e6:.3f} MFLOP/voxel (train ~3x)")
+    print(f"ceiling at peak: predict {best_peak * 1e9 / fpv / 1e6:.3f} Mvox/s, "
+          f"train {best_peak * 1e9 / (3 * fpv) / 1e6:.3f} Mvox/s")
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    rows = []
+    if tasks:
+        cfg, fns, diff = build(args)
+        print(f"max |JAX - PyTorch| on the predict output (same weights): {diff:.2e}")
+        timers = {(task, fw): Timer(f"{task}/{fw}") for task in tasks for fw in ("jax", "torch")}
+        for task in tasks:  # one untimed warm-up each
+            fns[task][0]()
+            fns[task][1]()
+        for r in range(args.repeats):
+            for task in tasks:
+                for fw, fn in (("jax", fns[task][0]), ("torch", fns[task][1])):
+                    timers[(task, fw)].run(fn)
+                    print(f"  repeat {r + 1}: {task:7s} {fw:5s} {timers[(task, fw)].wall[-1]:7.2f} s "
+                          f"(cpu {timers[(task, fw)].cpu[-1]:6.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)
+        rows = ["| task | framework | median s | Mvox/s | effective GFLOP/s | JAX/PyTorch | compile s | peak RSS growth GiB |",
+                "|---|---|---|---|---|---|---|---|"]
+        for task in tasks:
+            nvox, compile_s = fns[task][2], fns[task][3]
+            mult = 1 if task == "predict" else 3
+            tj, tt = timers[(task, "jax")].median, timers[(task, "torch")].median
+            for fw, tm in (("JAX", tj), ("PyTorch", tt)):
+                ratio = f"**{tt / tj:.2f}x**" if fw == "JAX" else ""
+                comp = f"{compile_s:.1f}" if fw == "JAX" else "-"
+                rss = timers[(task, fw.lower() if fw == "JAX" else "torch")].rss / 2**30
+                rows.append(f"| {task} | {fw} | {tm:.2f} | {nvox / tm / 1e6:.3f} | {mult * fpv * nvox / tm / 1e9:.0f} "
+                            f"| {ratio} | {comp} | {rss:.2f} |")
+    layer_rows = layer_table(args, cfg) if args.layers else []
+    print()
+    print("\n".join(rows))
+    if layer_rows:
+        print()
+        print("\n".join(layer_rows))
+    print(f"\n# total {time.perf_counter() - t_start:.0f} s; load {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
