@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -357,15 +357,19 @@ class FileDataset(PairDataset):
         return bool(self.rows) and all(r.weight is not None for r in self.rows)
 
     def load(self, index: int) -> ImagePair:
-        from labelfree_jax.io import read_image  # io reads every format
+        from labelfree_jax.io import read_image, select_channels  # io reads every format
 
         row = self.rows[index]
         name = row.name
         sig_ch = row.signal_channels or self.signal_channels
         tgt_ch = row.target_channels or self.target_channels
-        if row.target is None:
+        if row.target is None and (self.target_axes or self.signal_axes) == self.signal_axes:
+            whole = read_image(row.signal, axes=self.signal_axes)  # one read for both (CZIs are ~0.5 GB)
+            sig_img, tgt_img = select_channels(whole, sig_ch), select_channels(whole, tgt_ch)
+            del whole
+        elif row.target is None:
             sig_img = read_image(row.signal, channels=sig_ch, axes=self.signal_axes)
-            tgt_img = read_image(row.signal, channels=tgt_ch, axes=self.target_axes or self.signal_axes)
+            tgt_img = read_image(row.signal, channels=tgt_ch, axes=self.target_axes)
         else:
             sig_img = read_image(row.signal, channels=sig_ch, axes=self.signal_axes)
             tgt_img = read_image(row.target, channels=tgt_ch, axes=self.target_axes)
@@ -605,17 +609,19 @@ class PatchLoader:
 
     # ---------------------------------------------------------------- deterministic schedule
     def _order(self, epoch: int) -> np.ndarray:
-        order = self._epoch_orders.get(epoch)
-        if order is None:
-            n = len(self.dataset)
-            if self.shuffle_images:
-                order = np.random.default_rng((self.seed, _ORDER_STREAM, epoch)).permutation(n)
-            else:
-                order = np.arange(n)
-            self._epoch_orders[epoch] = order
-            if len(self._epoch_orders) > 4:
-                self._epoch_orders.pop(min(self._epoch_orders))
-        return order
+        """Image order of pass ``epoch`` over the dataset (a pure function of seed and epoch)."""
+        with self._lock:
+            order = self._epoch_orders.get(epoch)
+            if order is None:
+                n = len(self.dataset)
+                if self.shuffle_images:
+                    order = np.random.default_rng((self.seed, _ORDER_STREAM, epoch)).permutation(n)
+                else:
+                    order = np.arange(n)
+                self._epoch_orders[epoch] = order
+                if len(self._epoch_orders) > 4:
+                    self._epoch_orders.pop(min(self._epoch_orders))
+            return order
 
     def insertion_index(self, insertion: int) -> int:
         """Dataset index of the ``insertion``-th image entering the buffer (0-based)."""

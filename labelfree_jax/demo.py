@@ -448,7 +448,7 @@ def run_demo(
     # ---- 3. reload
     say(3, f"trained {result.steps} steps in {train_seconds:.0f} s; reloading the package {package_dir} "
            f"with zoo.load")
-    model = zoo.load(str(package_dir))
+    model = zoo.load(package_dir)  # a Path: always the local folder, never a zoo name
 
     # ---- 4. predict
     tile = settings.tile_shape if ndim == 3 else settings.tile_shape_2d

@@ -361,6 +361,10 @@ def download_files(
                 err, repo_id=repo_id, repo_type=repo_type, revision=revision, filename=filename,
                 endpoint=endpoint, hint=hint,
             ) from err
+        except OSError as err:  # e.g. huggingface_hub's size "Consistency check failed", a full disk
+            raise ModelNotAvailableError(
+                f"downloading {filename} of {_repo_label(repo_id, repo_type)}@{revision} failed: {err}"
+            ) from err
         path = Path(path)
         what = f"{filename} of {_repo_label(repo_id, repo_type)}@{revision}"
         if filename in expected:
@@ -545,6 +549,7 @@ def render_model_card(
     tags: Iterable[str] = (),
     card_text: str | None = None,
     revision_note: str | None = None,
+    zoo_name: str | None = None,
 ) -> str:
     """The model card (``README.md``) of a package published as ``repo_id``.
 
@@ -564,6 +569,7 @@ def render_model_card(
         tags: extra tags.
         card_text: Markdown inserted after the generated sections.
         revision_note: a line about the version (e.g. the tag).
+        zoo_name: the model's name in the labelfree-jax zoo, if it is one.
     """
     validate_repo_id(repo_id)
     metrics = dict(config.metrics if metrics is None else metrics)
@@ -585,23 +591,18 @@ def render_model_card(
     meta["pipeline_tag"] = "image-to-image"
     if metrics:
         meta["metrics"] = sorted({_metric_type(k, loss) for k in metrics})
-        dataset_name = datasets[0] if datasets else f"{config.name} validation patches"
-        meta["model-index"] = [
-            {
-                "name": repo_id.split("/", 1)[1],
-                "results": [
-                    {
-                        "task": {"type": "image-to-image", "name": "Label-free prediction"},
-                        "dataset": {"type": datasets[0] if datasets else "custom", "name": dataset_name,
-                                    "split": "validation"},
-                        "metrics": [
-                            {"type": _metric_type(k, loss), "value": round(v, 6), "name": k}
-                            for k, v in metrics.items()
-                        ],
-                    }
-                ],
-            }
-        ]
+        results = []
+        for split in ("validation", "train"):
+            chosen = {k: v for k, v in metrics.items() if (split == "train") == k.lower().startswith("train")}
+            if not chosen:
+                continue
+            results.append({
+                "task": {"type": "image-to-image", "name": "Label-free prediction"},
+                "dataset": {"type": datasets[0] if datasets else "custom",
+                            "name": datasets[0] if datasets else f"{config.name} {split} patches", "split": split},
+                "metrics": [{"type": _metric_type(k, loss), "value": round(v, 6), "name": k} for k, v in chosen.items()],
+            })
+        meta["model-index"] = [{"name": repo_id.split("/", 1)[1], "results": results}]
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
 
     def pix(p):
@@ -620,7 +621,9 @@ def render_model_card(
         "```python",
         "from labelfree_jax import zoo",
         "",
-        f'model = zoo.load("{repo_id}@<commit>")   # pinned, sha256-verified, cached; or a zoo name',
+        *([f'model = zoo.load("{zoo_name}")   # the zoo entry pins the commit and the sha256 of every file']
+          if zoo_name else []),
+        f'model = zoo.load("{repo_id}@<commit>")   # any revision; verified against the Hub\'s hashes',
         f"prediction = model.predict(signal)   # signal: {'(C, Z, Y, X)' if net.ndim == 3 else '(C, Y, X)'} "
         f"float32, C = {net.in_channels}",
         "```", "",
@@ -648,7 +651,8 @@ def render_model_card(
     lines += ["## Measured metrics", ""]
     if metrics:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
-        lines += ["", "Validation metrics measured at the end of training on held-out patches."]
+        lines += ["", "Measured at the end of training: `val_*` on held-out validation patches, `train_*` on the "
+                  "last training batches (on the working grid, normalized units)."]
     else:
         lines.append("No metrics were recorded with this package.")
     lines.append("")
@@ -858,10 +862,10 @@ def publish_package(
     Stages ``config.json`` + ``model.safetensors`` + a rendered ``README.md`` model card
     (:func:`stage_package`; into ``staging_dir`` when given, which then keeps exactly what was
     uploaded, else a temporary folder) and uploads them in one commit (:func:`publish_files`).
-    ``tag`` defaults to ``v<labelfree-jax version>``. ``card_options`` go to
+    ``tag`` defaults to ``v<labelfree-jax version>`` (``""``: no tag). ``card_options`` go to
     :func:`render_model_card` (``license``, ``datasets``, ``card_text``, ``tags`` ...).
     """
-    tag = f"v{__version__}" if tag is None else tag
+    tag = f"v{__version__}" if tag is None else (tag or None)  # "" publishes without a tag
     card_options.setdefault("revision_note", f"Version `{tag}`." if tag else None)
     with tempfile.TemporaryDirectory(prefix="labelfree-publish-") as tmp:
         stage = Path(staging_dir) if staging_dir is not None else Path(tmp)

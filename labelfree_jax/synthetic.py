@@ -9,8 +9,8 @@ volumes ``(Z, Y, X)`` on a grid of ``pixel_size_um = (dz, dy, dx)``):
    nucleoli. Two co-registered maps describe it:
 
    * the refractive index ``ri`` (dimensionless): medium ``n_medium`` (1.337), cytoplasm
-     ≈ 1.350 with granular texture (organelles), nucleus ≈ 1.358 whose texture follows the
-     chromatin, nucleoli ≈ 1.372;
+     ≈ 1.348 with granular texture (organelles), nucleus ≈ 1.360 whose texture follows the
+     chromatin, nucleoli ≈ 1.378;
    * the DNA density ``dna`` (arbitrary units, 0 outside nuclei, ≈ 1 inside, scaled per
      cell by a random "cell-cycle" factor in [0.7, 1.3] that the bright-field cannot see).
 
@@ -18,13 +18,15 @@ volumes ``(Z, Y, X)`` on a grid of ``pixel_size_um = (dz, dy, dx)``):
    phase object: the refractive-index excess over the medium, averaged over an optical
    section (Gaussian in z, FWHM ``section_um``) and multiplied by ``section_um``, gives an
    optical path, hence a phase ``phi = 2 pi / lambda * section_um * <n - n_medium>`` (radians)
-   and a weak absorption ``absorption * phi``. The complex transmission ``exp(i phi - mu)`` is
-   propagated over a small defocus ``defocus_um`` with the paraxial (Fresnel) transfer
-   function ``exp(-i pi lambda_m dz |f|^2)`` (``lambda_m = wavelength / n_medium``) inside an
-   objective pupil of numerical aperture ``na`` (soft edge). The image is ``|field|^2``
-   (1 = empty field); in the weak-phase limit this is ``1 - dz lambda_m / (2 pi) laplacian(phi)``,
-   the transport-of-intensity picture: edges of refractive-index steps (cell, nucleus,
-   nucleoli) show up, flat regions do not. Shot noise (Poisson, ``photons`` per pixel for the
+   and a weak absorption ``mu = absorption * |phi|``. The complex transmission
+   ``exp(i phi - mu)`` is propagated over a small defocus ``defocus_um`` with the paraxial
+   (Fresnel) transfer function ``exp(-i pi lambda_m dz |f|^2)``
+   (``lambda_m = wavelength / n_medium``) inside an objective pupil of numerical aperture
+   ``na`` (soft edge). The image is ``|field|^2`` (1 = empty field; the field is mirror-padded
+   in Y and X for the FFT so that cells cut by the edge do not wrap around). In the weak-phase
+   limit this is ``1 - dz lambda_m / (2 pi) laplacian(phi)``, the transport-of-intensity
+   picture: edges of refractive-index steps (cell, nucleus, nucleoli) show up, flat regions
+   do not. Shot noise (Poisson, ``photons`` per pixel for the
    empty field) and Gaussian read noise (``read_noise`` photo-electrons) are added; the result
    is in units of the empty-field intensity.
 
@@ -346,10 +348,13 @@ def brightfield_from_phantom(
     sigma_z = section_um / (2.0 * math.sqrt(2.0 * math.log(2.0))) / ps[0]
     delta = ndi.gaussian_filter1d(ri - n_medium, sigma_z, axis=0, mode="constant") if ri.shape[0] > 1 else ri - n_medium
     phi = k0 * section_um * delta
+    # Mirror-pad in Y and X so that cells cut by the field's edge do not wrap around the FFT.
+    pad = [(0, 0)] + [(min(32, n), min(32, n)) for n in ri.shape[1:]]
+    phi = np.pad(phi, pad, mode="symmetric")
     field = np.exp(1j * phi - absorption * np.abs(phi))
 
-    fy = np.fft.fftfreq(ri.shape[1], d=ps[1])[:, None]
-    fx = np.fft.fftfreq(ri.shape[2], d=ps[2])[None, :]
+    fy = np.fft.fftfreq(field.shape[1], d=ps[1])[:, None]
+    fx = np.fft.fftfreq(field.shape[2], d=ps[2])[None, :]
     f2 = fy**2 + fx**2
     lam_m = wavelength_um / n_medium
     cutoff = na / wavelength_um
@@ -358,6 +363,7 @@ def brightfield_from_phantom(
     # Normalise so the empty field (a delta at f = 0) keeps intensity 1.
     transfer = transfer / transfer[0, 0]
     image = np.abs(np.fft.ifft2(np.fft.fft2(field, axes=(1, 2)) * transfer, axes=(1, 2))) ** 2
+    image = image[:, pad[1][0]: pad[1][0] + ri.shape[1], pad[2][0]: pad[2][0] + ri.shape[2]]
 
     if photons > 0:
         rng = _rng(seed)

@@ -68,7 +68,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
@@ -83,7 +82,7 @@ from labelfree_jax.data import (
     sample_patches,
     split_indices,
 )
-from labelfree_jax.errors import ConfigError, LabelfreeError
+from labelfree_jax.errors import ConfigError, InputError, IntegrityError, LabelfreeError
 from labelfree_jax.model import build_network
 from labelfree_jax.package import expected_shapes, save_package, unflatten_variables
 from labelfree_jax.train_config import OptimizerConfig, RunConfig, ScheduleConfig, load_run_config
@@ -186,7 +185,12 @@ class TrainResult:
         d = dataclasses.asdict(self)
         d["run_dir"] = str(self.run_dir)
         d["package_dir"] = None if self.package_dir is None else str(self.package_dir)
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+        def clean(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            return [clean(x) for x in v] if isinstance(v, list) else v
+
+        return {k: clean(v) for k, v in d.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,6 +426,12 @@ def build_datasets(config: RunConfig) -> tuple[PairDataset, PairDataset | None]:
     if config.data is None:
         raise ConfigError("the run config has no 'data' section and no datasets were passed to train()")
     data = config.data
+    for ds in (data.train, data.validation):
+        if ds is not None and not Path(ds.manifest).is_file():
+            raise InputError(
+                f"{ds.manifest}: no such manifest file (the zoo recipes' manifests are written by "
+                f"scripts/download_allen_data.py)"
+            )
     sig, tgt = config.signal_transforms, config.target_transforms
     train_ds = FileDataset.from_config(data.train, sig, tgt)
     val_ds: PairDataset | None = None
@@ -676,8 +686,7 @@ def train(
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     main = jax.process_index() == 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = (run_dir / CHECKPOINT_DIR).resolve()
+    ckpt_dir = (run_dir / CHECKPOINT_DIR).absolute()
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None and not resume:
         raise ConfigError(
@@ -711,6 +720,7 @@ def train(
     state = init_train_state(config, replicated)
     start_step = 0
     resumed_from = None
+    run_dir.mkdir(parents=True, exist_ok=True)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.keep_checkpoints, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=True,
@@ -721,25 +731,30 @@ def train(
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state
         )
-        restored = manager.restore(
-            latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
+        try:
+            restored = manager.restore(
+                latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+            )
+            meta = restored["meta"]
+            start_step, loader_start = int(meta["step"]), int(meta["loader"]["next_patch"])
+            saved_seed = int(meta["loader"]["seed"])
+        except Exception as err:
+            manager.close()
+            raise IntegrityError(
+                f"{ckpt_dir / str(latest)}: cannot restore the checkpoint ({type(err).__name__}: {err}); "
+                f"delete it to resume from the one before"
+            ) from err
+        if saved_seed != config.seed:
+            manager.close()
+            raise ConfigError(f"{ckpt_dir / str(latest)}: the checkpoint's loader seed {saved_seed} != config seed")
         state = restored["state"]
-        meta = restored["meta"]
-        start_step = int(meta["step"])
-        loader_start = int(meta["loader"]["next_patch"])
-        if int(meta["loader"]["seed"]) != config.seed:
-            raise ConfigError(f"{ckpt_dir}/{latest}: checkpoint loader seed {meta['loader']['seed']} != config seed")
         resumed_from = start_step
         log.info("resuming %s from step %d", run_dir, start_step)
     if main:
         atomic_write_text(run_dir / RUN_CONFIG_FILE, config.to_json() + "\n")
-    losses_log = _CsvLog(run_dir / LOSSES_FILE, ["step", "loss", "val_loss"],
-                         keep_until=start_step if resumed_from is not None else None, enabled=main)
     n_out = config.model.out_channels
     val_header = ["step", "val_loss", "val_pearson_r"] + ([f"val_pearson_r_c{c}" for c in range(n_out)] if n_out > 1 else [])
-    val_log = _CsvLog(run_dir / VALIDATION_FILE, val_header,
-                      keep_until=start_step if resumed_from is not None else None, enabled=main)
+    keep_until = start_step if resumed_from is not None else None
 
     def put(batch: Batch) -> Batch:
         def g(x):
@@ -749,25 +764,27 @@ def train(
 
         return Batch(g(batch.signal), g(batch.target), g(batch.weight), batch.first_patch)
 
-    loader = PatchLoader(
-        train_ds,
-        patch_shape=config.patch_shape,
-        batch_size=config.batch_size,
-        buffer_size=config.buffer_size,
-        buffer_switch_interval=config.buffer_switch_interval,
-        shuffle_images=config.shuffle_images,
-        flip=config.augmentation.flip,
-        rotate90=config.augmentation.rotate90,
-        seed=config.seed,
-        start_patch=loader_start,
-        prefetch=config.prefetch_batches,
-        process_index=jax.process_index(),
-        process_count=n_proc,
-        transfer=put,
-        use_weights=weighted,
-    )
-    validator = None
+    loader = losses_log = val_log = None
     try:
+        losses_log = _CsvLog(run_dir / LOSSES_FILE, ["step", "loss", "val_loss"], keep_until=keep_until, enabled=main)
+        val_log = _CsvLog(run_dir / VALIDATION_FILE, val_header, keep_until=keep_until, enabled=main)
+        loader = PatchLoader(
+            train_ds,
+            patch_shape=config.patch_shape,
+            batch_size=config.batch_size,
+            buffer_size=config.buffer_size,
+            buffer_switch_interval=config.buffer_switch_interval,
+            shuffle_images=config.shuffle_images,
+            flip=config.augmentation.flip,
+            rotate90=config.augmentation.rotate90,
+            seed=config.seed,
+            start_patch=loader_start,
+            prefetch=config.prefetch_batches,
+            process_index=jax.process_index(),
+            process_count=n_proc,
+            transfer=put,
+            use_weights=weighted,
+        )
         loader.start()
         first = loader.first_buffer()[0]
         if first.signal.shape[0] != config.model.in_channels or first.target.shape[0] != config.model.out_channels:
@@ -776,17 +793,18 @@ def train(
                 f"({first.name}) but the network takes {config.model.in_channels} and gives "
                 f"{config.model.out_channels}; set model.in_channels / model.out_channels"
             )
-        if val_ds is not None:
-            validator = _Validator(val_ds, config, batch_sharding, weighted)
+        validator = _Validator(val_ds, config, batch_sharding, weighted) if val_ds is not None else None
         return _loop(
             config, run_dir, state, tx, loader, validator, manager, losses_log, val_log,
             replicated=replicated, start_step=start_step, resumed_from=resumed_from, t_start=t_start,
             max_seconds=max_seconds, progress=progress and main, on_step=on_step, main=main,
         )
     finally:
-        loader.close()
-        losses_log.close()
-        val_log.close()
+        if loader is not None:
+            loader.close()
+        for log_file in (losses_log, val_log):
+            if log_file is not None:
+                log_file.close()
         manager.wait_until_finished()
         manager.close()
 
@@ -886,15 +904,20 @@ def _loop(
             ckpt_due = step % config.checkpoint_interval == 0
             t0 = time.perf_counter()
             val_row = validate() if val_due else None
+            t_val = time.perf_counter() - t0
             if val_due or ckpt_due or step % config.log_interval == 0 or step == config.steps:
                 flush(val_row)
-                if progress and final_loss is not None:
-                    sps = (step - step_first) / max(time.perf_counter() - (t_first or t0) - excluded, 1e-9)
-                    bar.set_postfix(loss=f"{final_loss:.4g}", patches_s=f"{sps * config.batch_size:.1f}")
+            if t_first is not None and t_first <= t0:
+                excluded += t_val  # validation after the first measured step is not training time
             if ckpt_due:
+                t1 = time.perf_counter()
                 save()
-            if val_due or ckpt_due:
-                excluded += time.perf_counter() - t0
+                if t_first is not None:
+                    excluded += time.perf_counter() - t1
+            if progress and final_loss is not None and t_first is not None and step > step_first:
+                sps = (step - step_first) / max(time.perf_counter() - t_first - excluded, 1e-9)
+                bar.set_postfix(loss=f"{final_loss:.4g}", train_patches_s=f"{sps * config.batch_size:.1f}",
+                                loader_patches_s=f"{loader.patches_per_second:.0f}", refresh=False)
             bar.update(1)
             if on_step is not None:
                 on_step(step)

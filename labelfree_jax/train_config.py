@@ -231,6 +231,17 @@ class RunConfig(_Strict):
     target_description: str = "fluorescence"
     pixel_size_um: dict[str, float] | None = None
 
+    @field_validator("pixel_size_um")
+    @classmethod
+    def _check_pixel_size(cls, value):
+        if value is not None:
+            bad = set(value) - set(_AXES)
+            if bad:
+                raise ValueError(f"pixel_size_um keys must be z, y, x; got {sorted(bad)}")
+            if any(not v > 0 for v in value.values()):
+                raise ValueError("pixel sizes must be positive (µm)")
+        return value
+
     @model_validator(mode="after")
     def _check_patch(self):
         net = self.model

@@ -43,7 +43,7 @@ from labelfree_jax import hub
 from labelfree_jax.config import PackageConfig, parse_config
 from labelfree_jax.errors import ConfigError, IntegrityError, ModelNotAvailableError
 from labelfree_jax.hub import FileRecord, PublishResult
-from labelfree_jax.package import CONFIG_FILE, WEIGHTS_FILE, Model, load_package
+from labelfree_jax.package import Model, load_package
 from labelfree_jax.transforms import Transform
 
 __all__ = [
@@ -326,8 +326,13 @@ def load(
         return load_package(name_or_path)
     if name_or_path not in idx.models and "/" not in name_or_path:
         get_entry(name_or_path, idx)  # unknown: lists the known names
-    folder = download(name_or_path, index=idx, endpoint=endpoint, cache_dir=cache_dir, token=token,
-                      force_download=force_download)
+    try:
+        folder = download(name_or_path, index=idx, endpoint=endpoint, cache_dir=cache_dir, token=token,
+                          force_download=force_download)
+    except ModelNotAvailableError as err:
+        if name_or_path in idx.models or "@" in name_or_path:
+            raise
+        raise ModelNotAvailableError(f"{err} (and there is no local folder {name_or_path!r})") from err
     model = load_package(folder)
     if name_or_path in idx.models:
         entry = idx.models[name_or_path]
@@ -525,7 +530,7 @@ def check_package_matches(defn: ZooDefinition, config: PackageConfig, *, source:
 def _card_options(defn: ZooDefinition, definition_dir: Path) -> dict[str, Any]:
     card_file = definition_dir / defn.model_card
     return dict(license=defn.license, license_name=defn.license_name, license_link=defn.license_link,
-                datasets=defn.datasets, tags=defn.tags,
+                datasets=defn.datasets, tags=defn.tags, zoo_name=defn.name,
                 card_text=card_file.read_text() if card_file.is_file() else None)
 
 

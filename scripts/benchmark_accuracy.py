@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 DATA = REPO.parent / "shared" / "data"
 
 log = logging.getLogger("benchmark_accuracy")
@@ -64,11 +65,11 @@ def _dataset_specs(minutes: float) -> dict[str, dict]:
             "train_region": {"y": [0, 768]},
             "test_region": {"y": [768, 1024]},
             "config": {
-                "model": {"ndim": 2, "depth": 4, "mult_chan": 32, "in_channels": 13, "out_channels": 3,
-                          "base_channels": 32},
+                "model": {"ndim": 2, "depth": 4, "mult_chan": 16, "in_channels": 13, "out_channels": 3,
+                          "base_channels": 16},
                 "patch_shape": [128, 128],
                 "batch_size": 8,
-                "steps": 6000,
+                "steps": 1600,
                 "schedule": {"name": "cosine", "warmup_steps": 100},
                 "augmentation": {"flip": True, "rotate90": True},
             },

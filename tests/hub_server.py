@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-__all__ = ["FakeHub", "git_blob_sha1", "isolate_hf", "set_offline", "guard_sockets"]
+__all__ = ["FakeHub", "git_blob_sha1", "isolate_hf", "set_offline", "guard_sockets", "random_variables"]
 
 _LFS_SUFFIXES = (".safetensors", ".bin", ".tif", ".tiff", ".npy", ".npz", ".czi", ".h5", ".zarr", ".png", ".gif")
 _GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.tif filter=lfs diff=lfs merge=lfs -text\n"
@@ -521,3 +521,19 @@ def guard_sockets(monkeypatch, *, allow_loopback: bool = True) -> list:
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     monkeypatch.setattr(socket, "create_connection", create_connection)
     return blocked
+
+
+def random_variables(network, seed: int) -> dict:
+    """Random variables with the network's names and shapes, drawn with numpy (no XLA compile)."""
+    import numpy as np
+
+    from labelfree_jax.package import expected_shapes, unflatten_variables
+
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, shape in expected_shapes(network).items():
+        if name.startswith("batch_stats/"):
+            flat[name] = np.zeros(shape, np.float32) if name.endswith("mean") else np.ones(shape, np.float32)
+        else:
+            flat[name] = rng.normal(0.0, 0.2, shape).astype(np.float32)
+    return unflatten_variables(flat)

@@ -19,7 +19,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import traverse_util
 
@@ -122,6 +121,8 @@ def test_run_config_strict_and_paths(tmp_path):
         RunConfig.from_json({"model": TINY_2D, "patch_shape": [16, 18]})
     with pytest.raises(ConfigError, match="2 axes but the network is 3D"):
         RunConfig.from_json({"patch_shape": [16, 16]})
+    with pytest.raises(ConfigError, match="pixel_size_um keys"):
+        RunConfig.from_json({"model": TINY_2D, "patch_shape": [16, 16], "pixel_size_um": {"t": 1.0}})
     with pytest.raises(ConfigError, match="validation"):
         RunConfig.from_json({"data": {"train": {"manifest": "a"}, "validation": {"manifest": "b"},
                                       "validation_fraction": 0.2}})
@@ -230,9 +231,10 @@ def test_bf16_step_keeps_float32_master_weights():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(4, 1, 16, 16)), jnp.float32)
     tx = make_optimizer(cfg.optimizer, cfg.schedule, cfg.steps)
-    new, loss = _jit_train_step(state, x, jnp.tanh(x), None, network=cfg.model, compute_dtype="bfloat16", tx=tx,
-                                loss="mse")
-    assert math.isfinite(float(loss))
+    w = jnp.asarray(rng.uniform(size=(4, 1, 16, 16)) > 0.5, jnp.float32)  # weighted MSE at the same time
+    new, loss = _jit_train_step(state, x, jnp.tanh(x), w, network=cfg.model, compute_dtype="bfloat16", tx=tx,
+                                loss="weighted_mse")
+    assert math.isfinite(float(loss)) and int(new["step"]) == 1
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(new["params"]))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(new["opt_state"]) if leaf.ndim)
 
@@ -395,6 +397,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     ok = ArrayDataset([(good, np.tanh(good))])
     result = train(cfg, run, resume=True, train_dataset=ok, progress=False, max_seconds=None)
     assert result.resumed_from == 2 and result.steps == 10 and math.isfinite(result.final_loss)
+
+
+def test_weighted_loss_needs_weight_maps(tmp_path):
+    cfg = RunConfig.from_json({"model": TINY_2D, "patch_shape": [16, 16], "batch_size": 4, "loss": "weighted_mse"})
+    x = np.ones((1, 20, 20), np.float32)
+    with pytest.raises(ConfigError, match="weight map"):
+        train(cfg, tmp_path / "w", train_dataset=ArrayDataset([(x, x)]), progress=False)
 
 
 def test_max_seconds_stops_early_and_still_writes_the_package(tmp_path):

@@ -43,7 +43,8 @@ def register(subparsers) -> None:
                         help="your transmitted-light image (TIFF / OME-TIFF / CZI) instead of synthetic data")
     parser.add_argument("--target", metavar="FILE", help="your fluorescence image, same grid as --signal")
     parser.add_argument("--max-seconds", type=_positive_float, metavar="S",
-                        help="stop training after S seconds (default 150; with --reduced: no limit)")
+                        help="stop training after S seconds, compilation included (default 150; with --reduced: "
+                             "no limit; 'inf': no limit)")
     parser.add_argument("--steps", type=_positive_int, metavar="N",
                         help="training steps at most (default 400; with --reduced: 60)")
     parser.add_argument("--reduced", action="store_true",
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     quiet = []
     if verbose < 2:  # orbax logs every checkpoint step at INFO through absl
         quiet.append(logging.getLogger("absl"))
-    if verbose < 1:  # the numbered stages below replace the library's INFO log (-v shows it)
-        quiet.append(logging.getLogger("labelfree_jax"))
+    if verbose < 1:  # the numbered stages below replace the INFO logs (-v shows them)
+        quiet += [logging.getLogger("labelfree_jax"), logging.getLogger("jax")]
     saved = [(logger, logger.level) for logger in quiet]
     for logger in quiet:
         logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
