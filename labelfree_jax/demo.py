@@ -285,13 +285,16 @@ def _read_pair(signal: str | os.PathLike, target: str | os.PathLike):
 # --------------------------------------------------------------------------------------------
 # the demo
 # --------------------------------------------------------------------------------------------
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that exists and was not made by the demo (it is never deleted)."""
+    if run_dir.exists() and not (run_dir / _RUN_MARKER).is_file():
+        raise InputError(f"{run_dir}: exists and was not made by 'labelfree demo'; choose another --out folder")
+
+
 def _prepare_run_dir(run_dir: Path) -> None:
     """A fresh run directory; an earlier demo's run there is replaced, anything else is refused."""
+    _check_run_dir(run_dir)
     if run_dir.exists():
-        if not (run_dir / _RUN_MARKER).is_file():
-            raise InputError(
-                f"{run_dir}: exists and was not made by 'labelfree demo'; choose another --out folder"
-            )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / _RUN_MARKER).write_text("made by labelfree demo; replaced when the demo runs again\n")
@@ -361,9 +364,8 @@ def run_demo(
             log.info(msg)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     run_dir = out / "run"
-    _prepare_run_dir(run_dir)
+    _check_run_dir(run_dir)  # before any work; the folders are made once the data is ready
 
     # ---- 1. data
     heldout_region = None
@@ -407,6 +409,8 @@ def run_demo(
         names = {"signal": f"{Path(signal).name} (held-out {axis} {h0}-{h1})",
                  "target": f"{Path(target).name} (held-out {axis} {h0}-{h1})"}
         data_desc = f"{Path(signal).name} -> {Path(target).name}, region {dict(train_region)}"
+    out.mkdir(parents=True, exist_ok=True)
+    _prepare_run_dir(run_dir)
     n_in, n_out = int(h_signal.shape[0]), int(h_target.shape[0])
     net = (settings.network if ndim == 3 else settings.network_2d).model_copy(
         update={"in_channels": n_in, "out_channels": n_out})

@@ -136,6 +136,18 @@ def test_bad_arguments_fail_fast(tmp_path, capsys):
     assert (foreign / "keep.txt").read_text() == "mine"
     with pytest.raises(InputError, match="steps"):
         D.run_demo(tmp_path / "d", steps=0)
+    # unreadable or unusable user files fail before any folder is made
+    with pytest.raises(InputError, match="no such file"):
+        D.run_demo(tmp_path / "e", signal=tmp_path / "missing.tif", target=tmp_path / "missing2.tif")
+    thin = np.random.default_rng(0).random((1, 4, 64, 64), dtype=np.float32)  # 4 planes < 2**depth
+    s_path = write_ome_tiff(tmp_path / "thin_s.ome.tif", thin)
+    t_path = write_ome_tiff(tmp_path / "thin_t.ome.tif", thin)
+    with pytest.raises(InputError, match="only 4 pixels along z"):
+        D.run_demo(tmp_path / "f", signal=s_path, target=t_path, reduced=True, progress=False)
+    other = write_ome_tiff(tmp_path / "other.ome.tif", thin[:, :, :32])
+    with pytest.raises(InputError, match="same spatial shape"):
+        D.run_demo(tmp_path / "g", signal=s_path, target=other, reduced=True, progress=False)
+    assert not any((tmp_path / name).exists() for name in "efg")
 
 
 def test_spatial_split():
