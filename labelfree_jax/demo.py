@@ -332,8 +332,8 @@ def run_demo(
 
     Raises:
         InputError: only one of ``signal``/``target``, unreadable or mismatched files, an
-            image too small for the network, a non-demo folder at ``<out_dir>/run``.
-        ConfigError: invalid ``steps``.
+            image too small for the network, a non-demo folder at ``<out_dir>/run``,
+            ``steps < 1`` or ``max_seconds <= 0``. Nothing is written in these cases.
     """
     from labelfree_jax import zoo
     from labelfree_jax.data import ArrayDataset

@@ -44,10 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Our own INFO messages by default; other libraries' (jax, orbax, absl) only with -v / -vv.
     logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose + 1, 2)],
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("labelfree_jax").setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
