@@ -13,7 +13,6 @@ config describes before use.
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +27,7 @@ from safetensors.numpy import load_file, save_file
 from labelfree_jax._atomic import atomic_path, atomic_write_text
 from labelfree_jax.config import NetworkConfig, PackageConfig
 from labelfree_jax.errors import ConfigError, InputError, IntegrityError
-from labelfree_jax.model import build_network
+from labelfree_jax.model import build_network, variable_shapes
 
 __all__ = [
     "Model",
@@ -61,14 +60,9 @@ def unflatten_variables(flat: dict[str, np.ndarray]) -> dict:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-@functools.lru_cache(maxsize=32)
 def expected_shapes(network: NetworkConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every variable the network described by ``network`` has (no compute)."""
-    shape = (1,) + (network.size_multiple,) * network.ndim + (network.in_channels,)
-    abstract = jax.eval_shape(
-        lambda: build_network(network).init(jax.random.key(0), jnp.zeros(shape, jnp.float32), train=False)
-    )
-    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract, sep="/").items()}
+    return variable_shapes(network)
 
 
 def check_variables(flat: dict[str, np.ndarray], network: NetworkConfig, source: str) -> None:

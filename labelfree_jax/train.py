@@ -83,8 +83,8 @@ from labelfree_jax.data import (
     split_indices,
 )
 from labelfree_jax.errors import ConfigError, InputError, IntegrityError, LabelfreeError
-from labelfree_jax.model import build_network
-from labelfree_jax.package import expected_shapes, save_package, unflatten_variables
+from labelfree_jax.model import build_network, random_variables
+from labelfree_jax.package import save_package
 from labelfree_jax.train_config import OptimizerConfig, RunConfig, ScheduleConfig, load_run_config
 
 __all__ = [
@@ -97,7 +97,6 @@ __all__ = [
     "eval_step",
     "make_schedule",
     "make_optimizer",
-    "initial_variables",
     "init_train_state",
     "make_mesh",
     "initialize_distributed",
@@ -244,48 +243,10 @@ def _make_optimizer(optimizer: OptimizerConfig, schedule: ScheduleConfig, steps:
 # --------------------------------------------------------------------------------------------
 # initial state
 # --------------------------------------------------------------------------------------------
-def initial_variables(network: NetworkConfig, seed: int = 0) -> dict:
-    """Random initial ``{"params", "batch_stats"}`` drawn on the host with numpy.
-
-    Same distributions as :func:`labelfree_jax.model.init_variables` (the original fnet
-    ``_weights_init``): conv kernels N(0, 0.02); conv biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    with PyTorch's fan_in (``C_in * k**ndim``; ``C_out * k**ndim`` for the transposed conv
-    ``convt``); BatchNorm scale N(1, 0.02), bias 0; running mean 0, variance 1. Names and
-    shapes come from the network itself (:func:`labelfree_jax.package.expected_shapes`).
-    Drawing them with numpy takes milliseconds, while compiling the ~30 random-number ops of
-    ``FnetUNet.init`` with XLA takes tens of seconds on a CPU.
-    """
-    rng = np.random.default_rng((int(seed), 0x1D17))
-    flat: dict[str, np.ndarray] = {}
-    shapes = expected_shapes(network)
-    for name in sorted(shapes):
-        shape = shapes[name]
-        parts = name.split("/")
-        leaf, module = parts[-1], parts[-2]
-        siblings = {n.split("/")[-1] for n in shapes if n.rsplit("/", 1)[0] == name.rsplit("/", 1)[0]}
-        if parts[0] == "batch_stats":
-            value = np.zeros(shape) if leaf == "mean" else np.ones(shape)
-        elif leaf == "kernel":
-            value = rng.normal(0.0, 0.02, shape)
-        elif leaf == "scale":
-            value = rng.normal(1.0, 0.02, shape)
-        elif leaf == "bias" and "kernel" in siblings:
-            kernel = shapes[name.rsplit("/", 1)[0] + "/kernel"]
-            k = int(np.prod(kernel[:-2]))
-            fan_in = (kernel[-1] if module == "convt" else kernel[-2]) * k
-            bound = 1.0 / math.sqrt(fan_in)
-            value = rng.uniform(-bound, bound, shape)
-        elif leaf == "bias":
-            value = np.zeros(shape)
-        else:  # pragma: no cover - guarded by the model's fixed parameter names
-            raise ConfigError(f"initial_variables: unexpected variable {name}")
-        flat[name] = np.asarray(value, np.float32)
-    return unflatten_variables(flat)
-
-
 def init_train_state(config: RunConfig, sharding: NamedSharding | None = None) -> dict:
     """Fresh training state ``{"step", "params", "batch_stats", "opt_state"}`` (replicated on ``sharding``)."""
-    variables = initial_variables(config.model, config.seed)
+    # Host-side numpy init (milliseconds) rather than compiling FnetUNet.init (tens of seconds on CPU).
+    variables = random_variables(config.model, config.seed)
     tx = make_optimizer(config.optimizer, config.schedule, config.steps)
     params = jax.tree_util.tree_map(jnp.asarray, variables["params"])
     state = {

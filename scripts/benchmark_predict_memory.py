@@ -56,40 +56,10 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 
 def fnet_random_variables(net, seed: int = 0, he: bool = False) -> dict:
-    """Random variables with the fnet's initial distribution (or He-scaled kernels), in numpy.
+    """Random variables (fnet init, or He-scaled kernels), drawn on the host without compiling."""
+    from labelfree_jax.model import random_variables
 
-    The distributions of :func:`labelfree_jax.model.init_variables` (conv kernels N(0, 0.02),
-    conv biases U(+-1/sqrt(fan_in)) with fan_in = prod(kernel shape[:-1]), BN scale N(1, 0.02),
-    BN bias 0, running mean 0 / var 1),
-    without compiling the Flax initialiser (slow for the full net on 2 cores).
-    """
-    import jax
-    from flax import traverse_util
-
-    from labelfree_jax.model import init_variables
-
-    shapes = traverse_util.flatten_dict(jax.eval_shape(lambda: init_variables(net, 0)))
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for key, leaf in shapes.items():
-        shape, name = leaf.shape, key[-1]
-        parent = key[-2] if len(key) > 1 else ""
-        is_bn = parent.startswith("bn")
-        if key[0] == "params" and name == "kernel":
-            fan_in = int(np.prod(shape[:-1]))
-            std = np.sqrt(2.0 / fan_in) if he else 0.02
-            value = rng.standard_normal(shape) * std
-        elif key[0] == "params" and name == "bias" and not is_bn:
-            fan_in = int(np.prod(shapes[key[:-1] + ("kernel",)].shape[:-1]))
-            value = rng.uniform(-1, 1, shape) / np.sqrt(fan_in)
-        elif name == "scale":
-            value = 1 + 0.02 * rng.standard_normal(shape)
-        elif name == "var":
-            value = np.ones(shape)
-        else:
-            value = np.zeros(shape)
-        flat[key] = value.astype(np.float32)
-    return traverse_util.unflatten_dict(flat)
+    return random_variables(net, seed, kernels="he" if he else "fnet")
 
 
 def rss_mb() -> float:

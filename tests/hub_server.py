@@ -524,16 +524,7 @@ def guard_sockets(monkeypatch, *, allow_loopback: bool = True) -> list:
 
 
 def random_variables(network, seed: int) -> dict:
-    """Random variables with the network's names and shapes, drawn with numpy (no XLA compile)."""
-    import numpy as np
+    """Random variables with the network's names and shapes (numpy; no XLA compile)."""
+    from labelfree_jax.model import random_variables as _random_variables
 
-    from labelfree_jax.package import expected_shapes, unflatten_variables
-
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for name, shape in expected_shapes(network).items():
-        if name.startswith("batch_stats/"):
-            flat[name] = np.zeros(shape, np.float32) if name.endswith("mean") else np.ones(shape, np.float32)
-        else:
-            flat[name] = rng.normal(0.0, 0.2, shape).astype(np.float32)
-    return unflatten_variables(flat)
+    return _random_variables(network, seed, kernels="he")

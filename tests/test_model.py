@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,9 @@ torch = pytest.importorskip("torch")
 from labelfree_jax import ops  # noqa: E402
 from labelfree_jax.config import NetworkConfig  # noqa: E402
 from labelfree_jax.convert import network_config_from_checkpoint, state_dict_to_variables  # noqa: E402
-from labelfree_jax.model import build_network, count_parameters, init_variables  # noqa: E402
+from labelfree_jax.model import build_network, count_parameters, init_variables, random_variables  # noqa: E402
+from flax import traverse_util  # noqa: E402
+
 from labelfree_jax.package import Model, unflatten_variables  # noqa: E402
 
 from tests.torch_fnet import Net, randomize_bn_stats, weights_init  # noqa: E402
@@ -32,6 +36,29 @@ def test_init_statistics_follow_the_original():
     assert abs(k.std() - 0.02) < 0.002 and abs(k.mean()) < 0.002
     bn = v["params"]["net_recurse"]["sub_2conv_more"]["bn1"]
     assert abs(np.asarray(bn["scale"]).mean() - 1.0) < 0.01 and np.all(np.asarray(bn["bias"]) == 0)
+
+
+def test_random_variables_match_the_flax_initialiser():
+    net = NetworkConfig(ndim=3, depth=2, mult_chan=4, in_channels=2)
+    ours = traverse_util.flatten_dict(random_variables(net, seed=1), sep="/")
+    theirs = traverse_util.flatten_dict(jax.eval_shape(lambda: init_variables(net, 0)), sep="/")
+    assert {k: v.shape for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    assert all(v.dtype == np.float32 for v in ours.values())
+    kernels = np.concatenate([v.ravel() for k, v in ours.items() if k.endswith("kernel")])
+    assert kernels.std() == pytest.approx(0.02, rel=0.05) and abs(kernels.mean()) < 2e-3
+    scales = np.concatenate([v.ravel() for k, v in ours.items() if k.endswith("scale")])
+    assert scales.mean() == pytest.approx(1.0, abs=0.01) and scales.std() < 0.03
+    # PyTorch's bias bound 1/sqrt(fan_in): first conv C_in=2 * 3**3, transposed conv C_out=8 * 2**3
+    b1 = ours["params/net_recurse/sub_2conv_more/conv1/bias"]
+    assert np.abs(b1).max() <= 1 / math.sqrt(2 * 27) and np.abs(b1).max() > 0.5 / math.sqrt(2 * 27)
+    bt = ours["params/net_recurse/sub_u/convt/bias"]
+    assert np.abs(bt).max() <= 1 / math.sqrt(16 * 8)
+    assert np.all(ours["params/net_recurse/sub_2conv_more/bn1/bias"] == 0)
+    assert np.all(ours["batch_stats/net_recurse/sub_2conv_more/bn1/var"] == 1)
+    again = traverse_util.flatten_dict(random_variables(net, seed=1), sep="/")
+    other = traverse_util.flatten_dict(random_variables(net, seed=2), sep="/")
+    assert all(np.array_equal(again[k], ours[k]) for k in ours)
+    assert not np.array_equal(other["params/conv_out/kernel"], ours["params/conv_out/kernel"])
 
 
 def _parity(torch_net: torch.nn.Module, x: np.ndarray, ndim: int) -> float:
