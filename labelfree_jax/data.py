@@ -37,6 +37,8 @@ so the training loop does not wait on disk as long as the loader is faster than 
 
 from __future__ import annotations
 
+import abc
+
 import csv
 import logging
 import math
@@ -266,14 +268,16 @@ def _finish_pair(signal, target, weight, name: str) -> ImagePair:
 # --------------------------------------------------------------------------------------------
 # datasets
 # --------------------------------------------------------------------------------------------
-class PairDataset:
+class PairDataset(abc.ABC):
     """A sequence of :class:`ImagePair` (base class). Subclasses implement ``__len__`` and ``load``."""
 
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of image pairs."""
 
-    def load(self, index: int) -> ImagePair:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load(self, index: int) -> ImagePair:
+        """Read and transform pair ``index``."""
 
     def describe(self, index: int) -> str:
         return f"item {index}"

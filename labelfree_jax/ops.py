@@ -93,6 +93,7 @@ __all__ = [
     "conv_up2",
 ]
 
+_CHUNK_VOXELS = 2048
 CONV_IMPL_ENV = "LABELFREE_CONV_IMPL"
 CONV_IMPLS = ("auto", "native", "cpu")
 FORWARD_FORMS = ("native", "depth_concat", "depth_sum", "depth_out3", "broadcast")
@@ -319,7 +320,7 @@ def plan_conv(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> ConvPl
     """
     c, o = kernel_shape[-2], kernel_shape[-1]
     kernel_grad = "stack_output" if o == 1 else "stack_input" if c == 1 else "slices"
-    return ConvPlan(_forward_choice(c, o), _forward_choice(o, c), kernel_grad, 2048)
+    return ConvPlan(_forward_choice(c, o), _forward_choice(o, c), kernel_grad, _CHUNK_VOXELS)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -77,14 +77,10 @@ def as_czyx(x: Any, spatial_dims: int | None = None, what: str = "image") -> np.
     nd = a.ndim
     if spatial_dims is None:
         spatial_dims = 3 if nd == 4 else 2
-    if spatial_dims == 3 and nd == 3:
-        a = a[None]
-    elif spatial_dims == 3 and nd == 4:
-        pass
-    elif spatial_dims == 2 and nd == 2:
-        a = a[None, None]
-    elif spatial_dims == 2 and nd == 3:
-        a = a[:, None]
+    # new axes that bring each accepted layout to (C, Z, Y, X); 2D images get a Z of 1
+    leading = {(3, 3): (None,), (3, 4): (), (2, 2): (None, None), (2, 3): (slice(None), None)}
+    if (spatial_dims, nd) in leading:
+        a = a[leading[(spatial_dims, nd)]]
     else:
         raise InputError(
             f"{what}: shape {a.shape} is not (C, Z, Y, X), (C, Y, X), (Z, Y, X) or (Y, X) "

@@ -25,6 +25,8 @@ evaluates the text.
 
 from __future__ import annotations
 
+import abc
+
 import ast
 import json
 import logging
@@ -234,12 +236,14 @@ class _TransformBase(BaseModel):
         """JSON-ready dict (``name`` plus every parameter); :func:`transform_from_dict` reads it."""
         return self.model_dump(mode="json")
 
-    # subclasses implement these on validated float32 input
+    # subclasses implement these on validated float32 input (pydantic's metaclass is an ABCMeta)
+    @abc.abstractmethod
     def _apply(self, x: np.ndarray, pixel_sizes: Mapping[str, float] | None) -> tuple[np.ndarray, InverseInfo]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Transform validated float32 ``x`` (C, *spatial); return the result and its inverse info."""
 
+    @abc.abstractmethod
     def _invert(self, y: np.ndarray, info: InverseInfo) -> np.ndarray:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Undo :meth:`_apply` on ``y`` using ``info``."""
 
 
 def _zscore(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
