@@ -151,7 +151,10 @@ def _sum_depth_taps(ys: list[jax.Array], b: int, d: int) -> jax.Array:
     for i, y in enumerate(ys):
         y = _shift_depth(y.reshape(b, d, *y.shape[1:]), i - p)
         out = y if out is None else out + y
-    return out
+    # Materialise the sum: otherwise XLA fuses this cheap elementwise sum into every consumer
+    # (BatchNorm statistics, normalisation, their gradients), each then re-reads the three
+    # partial results, and those (3x the output's size) stay alive as training residuals.
+    return jax.lax.optimization_barrier(out)
 
 
 def _conv3d_depth_concat(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -36,7 +37,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
-DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout; LABELFREE_DATA_DIR points elsewhere (e.g. a copy on another machine)
+DATA = Path(os.environ.get("LABELFREE_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
 
 log = logging.getLogger("benchmark_accuracy")
 
@@ -153,7 +155,7 @@ def _crop(x: np.ndarray, region: dict) -> np.ndarray:
     return x[tuple(index)]
 
 
-def evaluate_run(name: str, spec: dict, package_dir: Path) -> list[dict]:
+def evaluate_run(name: str, spec: dict, package_dir: Path, tta: bool = False) -> list[dict]:
     from labelfree_jax import metrics
     from labelfree_jax.io import read_image
     from labelfree_jax.package import load_package
@@ -162,7 +164,7 @@ def evaluate_run(name: str, spec: dict, package_dir: Path) -> list[dict]:
     signal = read_image(spec["signal"], axes=spec["signal_axes"]).data.astype(np.float32)
     target = read_image(spec["target"], axes=spec["target_axes"]).data.astype(np.float32)
     t0 = time.perf_counter()
-    prediction = model.predict(signal, progress=False)
+    prediction = model.predict(signal, progress=False, tta=tta)
     predict_seconds = time.perf_counter() - t0
     rows = []
     for c, target_name in enumerate(spec["targets"]):

@@ -28,6 +28,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -106,25 +107,34 @@ def flops_per_voxel(config) -> float:
     return total
 
 
-def peak_flops(repeats: int = 5, n: int = 4096) -> dict[str, float]:
-    """Best fp32 matmul GFLOP/s of JAX and of PyTorch (n×n @ n×n)."""
+def peak_flops(repeats: int = 5, n: int = 4096, device: str = "cpu", dtype: str = "float32") -> dict[str, float]:
+    """Best matmul GFLOP/s of JAX and of PyTorch (n×n @ n×n) in ``dtype`` on ``device``."""
     import jax
     import jax.numpy as jnp
     import torch
 
-    a = jnp.ones((n, n), jnp.float32)
+    a = jnp.ones((n, n), getattr(jnp, dtype))
     f = jax.jit(lambda a: a @ a)
     f(a).block_until_ready()
-    ta = torch.ones(n, n)
+    ta = torch.ones(n, n, device=device, dtype=getattr(torch, dtype))
     best = {"jax": 0.0, "torch": 0.0}
     for _ in range(repeats):
         t = time.perf_counter()
         f(a).block_until_ready()
         best["jax"] = max(best["jax"], 2 * n**3 / (time.perf_counter() - t) / 1e9)
+        _sync(device)
         t = time.perf_counter()
         ta @ ta
+        _sync(device)
         best["torch"] = max(best["torch"], 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 class Timer:
@@ -166,6 +176,10 @@ def build(args):
     torch.manual_seed(0)
     tnet = Net(depth=cfg.depth, mult_chan=cfg.mult_chan, in_channels=cfg.in_channels, out_channels=cfg.out_channels)
     tnet.apply(weights_init)
+    dev = args.device
+    jdtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
+    autocast = (lambda: torch.autocast(device_type=dev, dtype=torch.bfloat16)) if args.dtype == "bfloat16" \
+        else contextlib.nullcontext
     # He-scaled kernels keep activations O(1) through the net (the original N(0, 0.02) init
     # shrinks them towards tiny values, which would make the parity check below meaningless)
     with torch.no_grad():
@@ -174,13 +188,14 @@ def build(args):
                 fan_in = m.weight[0].numel() if isinstance(m, torch.nn.Conv3d) else m.weight.shape[0] * m.weight[0, 0].numel()
                 m.weight.normal_(0.0, float(np.sqrt(2.0 / fan_in)))
     variables = jax.tree_util.tree_map(jnp.asarray, unflatten_variables(state_dict_to_variables(tnet.state_dict())))
-    net = build_network(cfg)
+    tnet.to(dev)
+    net = build_network(cfg, dtype=jdtype)
     rng = np.random.default_rng(0)
 
     # ---- predict
     xp = rng.standard_normal((1, cfg.in_channels, *args.predict_shape)).astype(np.float32)
     xp_jax = jnp.asarray(np.moveaxis(xp, 1, -1))
-    xp_torch = torch.from_numpy(xp)
+    xp_torch = torch.from_numpy(xp).to(dev)
     fwd = jax.jit(lambda v, x: net.apply(v, x, train=False))
     t = time.perf_counter()
     fwd_c = fwd.lower(variables, xp_jax).compile()
@@ -191,8 +206,10 @@ def build(args):
 
     def torch_predict():
         tnet.eval()
-        with torch.no_grad():
-            return tnet(xp_torch)
+        with torch.no_grad(), autocast():
+            out = tnet(xp_torch)
+        _sync(dev)
+        return out
 
     # ---- train
     xt = rng.standard_normal((args.batch, cfg.in_channels, *args.train_shape)).astype(np.float32)
@@ -205,7 +222,7 @@ def build(args):
             out, upd = net.apply(
                 {"params": params, "batch_stats": state["batch_stats"]}, x, train=True, mutable=["batch_stats"]
             )
-            return jnp.mean((out - y) ** 2), upd["batch_stats"]
+            return jnp.mean((out.astype(jnp.float32) - y) ** 2), upd["batch_stats"]
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -223,20 +240,23 @@ def build(args):
         return float(loss)
 
     topt = torch.optim.Adam(tnet.parameters(), lr=args.lr)
-    xt_torch, yt_torch = torch.from_numpy(xt), torch.from_numpy(yt)
+    xt_torch, yt_torch = torch.from_numpy(xt).to(dev), torch.from_numpy(yt).to(dev)
 
     def torch_train():
         tnet.train()
         topt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(tnet(xt_torch), yt_torch)
+        with autocast():
+            out = tnet(xt_torch)
+        loss = torch.nn.functional.mse_loss(out.float(), yt_torch)
         loss.backward()
         topt.step()
-        return float(loss)
+        return float(loss.detach())
 
     # parity of the two predictions (same weights; BN running stats are the initial 0/1),
     # relative to the output's standard deviation
-    expected = torch_predict().numpy()
-    diff = float(np.max(np.abs(np.moveaxis(np.asarray(jax_predict()), -1, 1) - expected)) / expected.std())
+    expected = torch_predict().float().cpu().numpy()
+    got = np.asarray(jax_predict()).astype(np.float32)
+    diff = float(np.max(np.abs(np.moveaxis(got, -1, 1) - expected)) / expected.std())
     return cfg, {
         "predict": (jax_predict, torch_predict, int(np.prod(args.predict_shape)), compile_predict),
         "train": (jax_train, torch_train, args.batch * int(np.prod(args.train_shape)), compile_train),
@@ -340,11 +360,18 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads (XLA uses all cores)")
     p.add_argument("--tasks", default="predict,train", help="comma list of predict, train (empty: none)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: both frameworks on the GPU (JAX must see a GPU: its default backend)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype: JAX network dtype / torch.autocast (weights and loss stay float32)")
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
     p.add_argument("--layer-repeats", type=int, default=3)
     args = p.parse_args(argv)
     if args.impl:
         os.environ["LABELFREE_CONV_IMPL"] = args.impl
+
+    import labelfree_jax  # noqa: F401  (first: its malloc settings must precede JAX's threads)
+    from labelfree_jax._allocator import tune_malloc
 
     import jax
     import torch
@@ -353,14 +380,19 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
           f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads); "
-          f"conv impl {os.environ.get('LABELFREE_CONV_IMPL', 'auto')}; load {os.getloadavg()}")
+          f"conv impl {os.environ.get('LABELFREE_CONV_IMPL', 'auto')}; malloc tuned {tune_malloc()}; device {args.device}, {args.dtype}; "
+          f"load {os.getloadavg()}")
+    if args.device == "cuda":
+        print(f"# GPU: jax {jax.devices()[0].device_kind}, torch {torch.cuda.get_device_name()}; "
+              f"torch cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+              f"jax_default_matmul_precision={jax.config.jax_default_matmul_precision}")
     from labelfree_jax.config import NetworkConfig
 
     cfg = NetworkConfig()
-    peak = peak_flops()
+    peak = peak_flops(n=8192 if args.device == "cuda" else 4096, device=args.device, dtype=args.dtype)
     fpv = flops_per_voxel(cfg)
     best_peak = max(peak.values())
-    print(f"peak fp32 matmul GFLOP/s: jax {peak['jax']:.0f}, torch {peak['torch']:.0f}; "
+    print(f"peak {args.dtype} matmul GFLOP/s: jax {peak['jax']:.0f}, torch {peak['torch']:.0f}; "
           f"network forward {fpv / 1e6:.3f} MFLOP/voxel (train ~3x)")
     print(f"ceiling at peak: predict {best_peak * 1e9 / fpv / 1e6:.3f} Mvox/s, "
           f"train {best_peak * 1e9 / (3 * fpv) / 1e6:.3f} Mvox/s")
@@ -390,7 +422,7 @@ def main(argv=None) -> int:
                 ratio = f"**{tt / tj:.2f}x**" if fw == "JAX" else ""
                 comp = f"{compile_s:.1f}" if fw == "JAX" else "-"
                 rss = timers[(task, "jax" if fw == "JAX" else "torch")].rss / 2**30
-                rows.append(f"| {task} | {fw} | {tm:.2f} | {nvox / tm / 1e6:.3f} | {mult * fpv * nvox / tm / 1e9:.0f} "
+                rows.append(f"| {task} | {fw} | {tm:.4g} | {nvox / tm / 1e6:.3f} | {mult * fpv * nvox / tm / 1e9:.0f} "
                             f"| {ratio} | {comp} | {rss:.2f} |")
     layer_rows = layer_table(args, cfg) if args.layers else []
     print()
