@@ -71,10 +71,13 @@ def _dataset_specs(minutes: float) -> dict[str, dict]:
                           "base_channels": 16},
                 "patch_shape": [128, 128],
                 "batch_size": 8,
-                "steps": 1600,
-                "schedule": {"name": "cosine", "warmup_steps": 100},
+                # chosen by scripts/sweep_recipes.py on a selection split (docs/benchmarks.md):
+                # constant lr, flips + rotations, as many steps as the time cap allows
+                "steps": 5000,
+                "schedule": {"name": "constant"},
                 "augmentation": {"flip": True, "rotate90": True},
             },
+            "tta": True,
             "max_seconds": seconds,
         },
         "allen_fnet2017_crop": {
@@ -194,10 +197,10 @@ def run_dataset(name: str, minutes: float, work: Path) -> list[dict]:
     subprocess.run(command, check=True, cwd=REPO)
     train_seconds = time.perf_counter() - t0
     summary = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
-    rows = evaluate_run(name, spec, run_dir / "package")
+    rows = evaluate_run(name, spec, run_dir / "package", tta=spec.get("tta", False))
     shown_command = f"python scripts/benchmark_accuracy.py --dataset {name} --minutes {minutes:g}"
     for row in rows:
-        row.update(train_minutes=train_seconds / 60, steps=summary.get("steps"), command=shown_command,
+        row.update(tta=spec.get("tta", False), train_minutes=train_seconds / 60, steps=summary.get("steps"), command=shown_command,
                    reference=REFERENCES.get((name, row["target"]), "—"))
     return rows
 
@@ -209,7 +212,7 @@ def write_table(results: list[dict], path: Path) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r['dataset']} | {r['target']} | **{r['pearson_r']:.3f}** | {r['ssim']:.3f} | {r['nrmse']:.3f} | "
+            f"| {r['dataset']} | {r['target']} | **{r['pearson_r']:.3f}**{' (flip TTA)' if r.get('tta') else ''} | {r['ssim']:.3f} | {r['nrmse']:.3f} | "
             f"{r['reference']} | {r['whole_r']:.3f} | {r['train_minutes']:.1f} min | {r.get('steps')} | "
             f"`{r['command']}` |"
         )
