@@ -23,6 +23,7 @@ thread pool, if ``labelfree_jax`` is imported before JAX runs anything). Non-gli
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -35,15 +36,11 @@ TUNE_MALLOC_ENV = "LABELFREE_TUNE_MALLOC"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_applied: bool | None = None
 
 
+@functools.cache
 def tune_malloc() -> bool:
     """Apply the glibc settings above once per process; True if they are in effect."""
-    global _applied
-    if _applied is not None:
-        return _applied
-    _applied = False
     if os.environ.get(TUNE_MALLOC_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         log.debug("%s=0: malloc left alone", TUNE_MALLOC_ENV)
         return False
@@ -61,5 +58,4 @@ def tune_malloc() -> bool:
     ok = all(mallopt(param, value) == 1 for param, value in
              ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
     log.debug("glibc %s malloc tuned for large reused buffers: %s", version, ok)
-    _applied = ok
     return ok

@@ -38,7 +38,6 @@ so the training loop does not wait on disk as long as the loader is faster than 
 from __future__ import annotations
 
 import abc
-
 import csv
 import logging
 import math
@@ -819,10 +818,10 @@ class PatchLoader:
         self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self._stop.set()
-        except Exception:
-            pass
+        # ``_stop`` is missing when __init__ failed early; then there is no thread to stop
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
 
     @property
     def patches_per_second(self) -> float:

@@ -132,6 +132,14 @@ def _conv2d_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
 
 
+def _depth_shifted(x: jax.Array, kd: int) -> list[jax.Array]:
+    """The ``kd`` depth-shifted views of ``x`` (B, D, H, W, C), zero-padded: ``out[i][:, z] = x[:, z + i - kd//2]``."""
+    d = x.shape[1]
+    p = kd // 2
+    xp = jnp.pad(x, ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
+    return [xp[:, i : i + d] for i in range(kd)]
+
+
 def _shift_depth(y: jax.Array, s: int) -> jax.Array:
     """``out[:, z] = y[:, z + s]``, zero where ``z + s`` is outside (y: (B, D, ...))."""
     if s == 0:
@@ -160,9 +168,7 @@ def _sum_depth_taps(ys: list[jax.Array], b: int, d: int) -> jax.Array:
 def _conv3d_depth_concat(x: jax.Array, kernel: jax.Array) -> jax.Array:
     b, d, h, w, c = x.shape
     kd, kh, kw, _, o = kernel.shape
-    p = kd // 2
-    xp = jnp.pad(x, ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
-    xc = jnp.concatenate([xp[:, i : i + d] for i in range(kd)], axis=-1).reshape(b * d, h, w, kd * c)
+    xc = jnp.concatenate(_depth_shifted(x, kd), axis=-1).reshape(b * d, h, w, kd * c)
     # (kd, kh, kw, C, O) -> (kh, kw, kd, C, O) -> (kh, kw, kd * C, O): channel index i * C + c
     k2 = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kd * c, o)
     return _conv2d_same(xc, k2).reshape(b, d, h, w, o)
@@ -232,9 +238,8 @@ def _kernel_grad_slices(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...
     kd, kh, kw, _, o = kernel_shape
     p = kd // 2
     if b * d * h * w <= chunk_voxels:
-        xp = jnp.pad(x, ((0, 0), (p, p), (0, 0), (0, 0), (0, 0)))
         gf = g.reshape(b * d, h, w, o)
-        return jnp.stack([_kernel_grad_2d(xp[:, i : i + d].reshape(b * d, h, w, c), gf, kh, kw) for i in range(kd)])
+        return jnp.stack([_kernel_grad_2d(xi.reshape(b * d, h, w, c), gf, kh, kw) for xi in _depth_shifted(x, kd)])
     rows = max(1, min(d, chunk_voxels // (h * w)))
     taps = []
     for i in range(kd):
@@ -291,7 +296,7 @@ class ConvPlan:
     forward: str = "depth_out3"
     input_grad: str = "depth_out3"
     kernel_grad: str = "slices"
-    chunk_voxels: int = 2048
+    chunk_voxels: int = _CHUNK_VOXELS
 
     def __post_init__(self):
         for field, value, allowed in (

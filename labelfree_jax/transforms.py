@@ -26,7 +26,6 @@ evaluates the text.
 from __future__ import annotations
 
 import abc
-
 import ast
 import json
 import logging

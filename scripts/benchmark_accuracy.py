@@ -197,10 +197,11 @@ def run_dataset(name: str, minutes: float, work: Path) -> list[dict]:
     subprocess.run(command, check=True, cwd=REPO)
     train_seconds = time.perf_counter() - t0
     summary = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
-    rows = evaluate_run(name, spec, run_dir / "package", tta=spec.get("tta", False))
+    tta = spec.get("tta", False)
+    rows = evaluate_run(name, spec, run_dir / "package", tta=tta)
     shown_command = f"python scripts/benchmark_accuracy.py --dataset {name} --minutes {minutes:g}"
     for row in rows:
-        row.update(tta=spec.get("tta", False), train_minutes=train_seconds / 60, steps=summary.get("steps"), command=shown_command,
+        row.update(tta=tta, train_minutes=train_seconds / 60, steps=summary.get("steps"), command=shown_command,
                    reference=REFERENCES.get((name, row["target"]), "—"))
     return rows
 

@@ -23,7 +23,6 @@ import copy
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,26 +55,21 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def run_recipe(recipe: dict, work: Path, selection: bool = True) -> list[dict]:
     from labelfree_jax.train import train
-    from labelfree_jax.train_config import RunConfig
+    from labelfree_jax.train_config import load_run_config
 
     spec = bench._dataset_specs(1e6)[recipe["dataset"]]
     spec["config"] = deep_merge(spec["config"], recipe.get("config", {}))
     if selection:
         spec["train_region"], spec["test_region"] = SELECTION_SPLITS[recipe["dataset"]]
     path = bench.write_run_config(recipe["name"], spec, work)
-    config = deep_merge(json.loads(path.read_text()), recipe.get("top", {}))
-    # relative paths in a run config are resolved by the CLI against the config's folder
-    config["data"]["train"]["manifest"] = str(path.parent / config["data"]["train"]["manifest"])
-    path.write_text(json.dumps(config, indent=2))
-    config = RunConfig.from_json(path.read_text(), source=str(path))
+    path.write_text(json.dumps(deep_merge(json.loads(path.read_text()), recipe.get("top", {})), indent=2))
     run_dir = work / recipe["name"] / "run"
-    t0 = time.perf_counter()
-    result = train(config, run_dir, progress=False)
-    seconds = time.perf_counter() - t0
+    result = train(load_run_config(path), run_dir, progress=False)
     rows = []
     for tta in (False, True):
         for row in bench.evaluate_run(recipe["dataset"], spec, run_dir / "package", tta=tta):
-            row.update(recipe=recipe["name"], split="selection" if selection else "test", tta=tta, train_seconds=seconds, steps=getattr(result, "steps", None))
+            row.update(recipe=recipe["name"], split="selection" if selection else "test", tta=tta,
+                       train_seconds=result.seconds, steps=result.steps)
             rows.append(row)
     return rows
 
