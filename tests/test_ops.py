@@ -164,6 +164,10 @@ def test_plan_validation_and_rules():
     assert (first.forward, first.kernel_grad) == ("broadcast", "stack_input")
     last = ops.plan_conv((4, 32, 64, 64, 32), (3, 3, 3, 32, 1))
     assert (last.forward, last.input_grad, last.kernel_grad) == ("depth_out3", "broadcast", "stack_output")
+    narrow = ops.plan_conv((1, 32, 256, 256, 32), (3, 3, 3, 32, 32))
+    assert (narrow.forward, narrow.input_grad) == ("depth_concat", "depth_out3")
+    mixed = ops.plan_conv((4, 16, 32, 32, 128), (3, 3, 3, 128, 64))
+    assert (mixed.forward, mixed.input_grad) == ("depth_out3", "depth_out3")
     deep = ops.plan_conv((4, 4, 8, 8, 256), (3, 3, 3, 256, 256))
     assert (deep.forward, deep.input_grad, deep.kernel_grad) == ("depth_sum", "depth_sum", "slices")
 
