@@ -107,11 +107,11 @@ class PackageConfig(_Strict):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str | bytes, *, source: str = "config") -> "PackageConfig":
+    def from_json(cls, text: str | bytes, *, source: str = "config") -> PackageConfig:
         return parse_config(cls, text, source=source)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PackageConfig":
+    def load(cls, path: str | Path) -> PackageConfig:
         path = Path(path)
         try:
             text = path.read_text()

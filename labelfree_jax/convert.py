@@ -17,14 +17,20 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from labelfree_jax.config import NetworkConfig, PackageConfig
 from labelfree_jax.errors import ConfigError, InputError
-from labelfree_jax.package import Model, save_package, unflatten_variables, check_variables
+from labelfree_jax.package import (
+    Model,
+    check_variables,
+    save_package,
+    unflatten_variables,
+)
 from labelfree_jax.transforms import parse_fnet_transform
 
 __all__ = [

@@ -334,7 +334,7 @@ class FileDataset(PairDataset):
                     )
 
     @classmethod
-    def from_config(cls, config, signal_transforms=(), target_transforms=()) -> "FileDataset":
+    def from_config(cls, config, signal_transforms=(), target_transforms=()) -> FileDataset:
         """Build from a :class:`~labelfree_jax.train_config.DatasetConfig`."""
         rows = read_manifest(config.manifest)
         return cls(
@@ -360,7 +360,10 @@ class FileDataset(PairDataset):
         return bool(self.rows) and all(r.weight is not None for r in self.rows)
 
     def load(self, index: int) -> ImagePair:
-        from labelfree_jax.io import read_image, select_channels  # io reads every format
+        from labelfree_jax.io import (  # io reads every format
+            read_image,
+            select_channels,
+        )
 
         row = self.rows[index]
         name = row.name
@@ -772,7 +775,7 @@ class PatchLoader:
                 except queue.Full:
                     continue
 
-    def start(self) -> "PatchLoader":
+    def start(self) -> PatchLoader:
         """Load the first buffer (in this thread, so bad data fails here) and start the producer."""
         if self._started:
             return self
@@ -784,7 +787,7 @@ class PatchLoader:
             self._thread.start()
         return self
 
-    def __iter__(self) -> "PatchLoader":
+    def __iter__(self) -> PatchLoader:
         return self.start()
 
     def __next__(self):
@@ -811,7 +814,7 @@ class PatchLoader:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self) -> "PatchLoader":
+    def __enter__(self) -> PatchLoader:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -22,8 +22,9 @@ import dataclasses
 import importlib.resources
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -153,7 +154,7 @@ def load_index(index: str | os.PathLike | Mapping[str, Any] | SampleIndex | None
     raise ConfigError(f"index must be a path, a dict or a SampleIndex, got {type(index).__name__}")
 
 
-def list(index: str | os.PathLike | Mapping[str, Any] | SampleIndex | None = None) -> builtins.list[Sample]:  # noqa: A001
+def list(index: str | os.PathLike | Mapping[str, Any] | SampleIndex | None = None) -> builtins.list[Sample]:
     """Every sample of the index."""
     idx = load_index(index)
     return [Sample(name=n, status=e.status, revision=e.revision, repo_id=e.repo_id, filename=e.filename,

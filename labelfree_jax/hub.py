@@ -40,15 +40,22 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from labelfree_jax import __version__
 from labelfree_jax.config import PackageConfig
-from labelfree_jax.errors import ConfigError, InputError, IntegrityError, LabelfreeError, ModelNotAvailableError
+from labelfree_jax.errors import (
+    ConfigError,
+    InputError,
+    IntegrityError,
+    LabelfreeError,
+    ModelNotAvailableError,
+)
 from labelfree_jax.package import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, load_package
 
 __all__ = [

@@ -30,7 +30,6 @@ import numpy as np
 import tifffile
 
 from ._atomic import atomic_path
-
 from .errors import InputError
 
 __all__ = [
@@ -383,7 +382,7 @@ class _TiffErrorLog(logging.Handler):
         logging.getLogger("tifffile").addHandler(self)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         logging.getLogger("tifffile").removeHandler(self)
 
 

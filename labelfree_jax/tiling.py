@@ -32,7 +32,8 @@ import dataclasses
 import itertools
 import logging
 import math
-from typing import Callable, Iterator, Literal, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm

@@ -261,7 +261,7 @@ class RunConfig(_Strict):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str | bytes | dict, *, source: str = "run config") -> "RunConfig":
+    def from_json(cls, text: str | bytes | dict, *, source: str = "run config") -> RunConfig:
         return parse_config(cls, text, source=source)
 
 

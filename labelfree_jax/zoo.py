@@ -34,8 +34,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -208,7 +209,7 @@ def load_index(index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None 
     raise ConfigError(f"index must be a path, a dict or a ModelIndex, got {type(index).__name__}")
 
 
-def list(index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None) -> builtins.list[ZooModel]:  # noqa: A001
+def list(index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None) -> builtins.list[ZooModel]:
     """Every model of the index: name, modality, status (published/unpublished), revision, repo id ..."""
     idx = load_index(index)
     return [

@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _cpu_seconds() -> float:
@@ -370,11 +370,11 @@ def main(argv=None) -> int:
     if args.impl:
         os.environ["LABELFREE_CONV_IMPL"] = args.impl
 
-    import labelfree_jax  # noqa: F401  (first: its malloc settings must precede JAX's threads)
-    from labelfree_jax._allocator import tune_malloc
-
     import jax
     import torch
+
+    import labelfree_jax
+    from labelfree_jax._allocator import tune_malloc
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

@@ -28,12 +28,12 @@ import sys
 from pathlib import Path
 
 try:
-    import labelfree_jax  # noqa: F401
+    import labelfree_jax
 except ImportError:  # running from a source checkout without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labelfree_jax import allen_data  # noqa: E402
-from labelfree_jax.errors import LabelfreeError  # noqa: E402
+from labelfree_jax import allen_data
+from labelfree_jax.errors import LabelfreeError
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "allen"
 

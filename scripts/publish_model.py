@@ -27,11 +27,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
-    import labelfree_jax  # noqa: F401
+    import labelfree_jax
 except ImportError:  # running from a source checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-from labelfree_jax.errors import LabelfreeError  # noqa: E402
+from labelfree_jax.errors import LabelfreeError
 
 
 def main(argv: list[str] | None = None) -> int:

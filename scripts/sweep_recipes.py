@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-import benchmark_accuracy as bench  # noqa: E402
-
+import benchmark_accuracy as bench
 
 # Recipe selection never looks at the benchmark's test split: the benchmark's *train* region is
 # split again into a smaller training part and a validation stripe, and recipes are ranked by

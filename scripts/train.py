@@ -23,12 +23,12 @@ import sys
 from pathlib import Path
 
 try:
-    import labelfree_jax  # noqa: F401
+    import labelfree_jax
 except ImportError:  # running from a source checkout without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labelfree_jax.cli.train import add_arguments, run  # noqa: E402
-from labelfree_jax.errors import LabelfreeError  # noqa: E402
+from labelfree_jax.cli.train import add_arguments, run
+from labelfree_jax.errors import LabelfreeError
 
 
 def main(argv: list[str] | None = None) -> int:

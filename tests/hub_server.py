@@ -99,7 +99,7 @@ class FakeHub:
         self.cdn = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         for role in ("hub", "cdn"):
             handler = type(f"_{role}Handler", (_Handler,), {"hub": self, "role": role})
             server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -121,7 +121,7 @@ class FakeHub:
         self._servers.clear()
         self._threads.clear()
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -10,13 +10,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from labelfree_jax.cli import main as cli_main  # noqa: E402
-from labelfree_jax.convert import convert_fnet_checkpoint, read_fnet_checkpoint  # noqa: E402
-from labelfree_jax.errors import ConfigError, InputError  # noqa: E402
-from labelfree_jax.package import load_package  # noqa: E402
-from labelfree_jax.transforms import Normalize, Resize  # noqa: E402
-
-from tests.torch_fnet import Net, randomize_bn_stats, weights_init  # noqa: E402
+from labelfree_jax.cli import main as cli_main
+from labelfree_jax.convert import convert_fnet_checkpoint, read_fnet_checkpoint
+from labelfree_jax.errors import ConfigError, InputError
+from labelfree_jax.package import load_package
+from labelfree_jax.transforms import Normalize, Resize
+from tests.torch_fnet import Net, randomize_bn_stats, weights_init
 
 
 def _torch_net(ndim=3, depth=2, mult_chan=4, in_channels=1, out_channels=1):

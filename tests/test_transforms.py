@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
 import numpy as np
+import pydantic
 import pytest
 import scipy.ndimage
 
@@ -392,7 +394,7 @@ def test_pipeline_from_json_errors():
 
 def test_transforms_are_frozen():
     t = PadToMultiple()
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         t.multiple = 8  # type: ignore[misc]
     assert t.multiple == 16
 
@@ -496,5 +498,5 @@ def test_parse_fnet_transform_never_executes(tmp_path):
 def test_inverse_info_is_frozen():
     _, info = PadToMultiple().apply(_random(SHAPE_2D))
     assert isinstance(info, InverseInfo)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         info.shape_in = (1, 1)  # type: ignore[misc]

@@ -51,12 +51,11 @@ def _wants_distributed(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
     from pathlib import Path
 
     from labelfree_jax.train import initialize_distributed, train
     from labelfree_jax.train_config import load_run_config
-
-    import logging
 
     if getattr(args, "verbose", 0) < 2:  # orbax logs every checkpoint step at INFO through absl
         logging.getLogger("absl").setLevel(logging.WARNING)
