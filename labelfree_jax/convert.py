@@ -25,12 +25,7 @@ import numpy as np
 
 from labelfree_jax.config import NetworkConfig, PackageConfig
 from labelfree_jax.errors import ConfigError, InputError
-from labelfree_jax.package import (
-    Model,
-    check_variables,
-    save_package,
-    unflatten_variables,
-)
+from labelfree_jax.package import Model, check_variables, save_package, unflatten_variables
 from labelfree_jax.transforms import parse_fnet_transform
 
 __all__ = [

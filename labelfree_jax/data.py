@@ -360,10 +360,7 @@ class FileDataset(PairDataset):
         return bool(self.rows) and all(r.weight is not None for r in self.rows)
 
     def load(self, index: int) -> ImagePair:
-        from labelfree_jax.io import (  # io reads every format
-            read_image,
-            select_channels,
-        )
+        from labelfree_jax.io import read_image, select_channels  # io reads every format
 
         row = self.rows[index]
         name = row.name

@@ -49,13 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labelfree_jax import __version__
 from labelfree_jax.config import PackageConfig
-from labelfree_jax.errors import (
-    ConfigError,
-    InputError,
-    IntegrityError,
-    LabelfreeError,
-    ModelNotAvailableError,
-)
+from labelfree_jax.errors import ConfigError, InputError, IntegrityError, LabelfreeError, ModelNotAvailableError
 from labelfree_jax.package import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, load_package
 
 __all__ = [

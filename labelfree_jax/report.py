@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from labelfree_jax import metrics as _metrics
-from labelfree_jax import plots as _plots
+from labelfree_jax import metrics as _metrics, plots as _plots
 from labelfree_jax._atomic import atomic_write_text
 from labelfree_jax.errors import InputError
 

@@ -68,30 +68,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from labelfree_jax._atomic import atomic_write_text
 from labelfree_jax.config import NetworkConfig, PackageConfig
-from labelfree_jax.data import (
-    Batch,
-    FileDataset,
-    PairDataset,
-    PatchLoader,
-    Subset,
-    sample_patches,
-    split_indices,
-)
+from labelfree_jax.data import Batch, FileDataset, PairDataset, PatchLoader, Subset, sample_patches, split_indices
 from labelfree_jax.errors import ConfigError, InputError, IntegrityError, LabelfreeError
 from labelfree_jax.model import build_network, random_variables
 from labelfree_jax.package import save_package
-from labelfree_jax.train_config import (
-    OptimizerConfig,
-    RunConfig,
-    ScheduleConfig,
-    load_run_config,
-)
+from labelfree_jax.train_config import OptimizerConfig, RunConfig, ScheduleConfig, load_run_config
 
 __all__ = [
     "RunConfig",

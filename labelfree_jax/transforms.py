@@ -36,14 +36,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 import numpy as np
 import scipy.ndimage
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, InputError
 

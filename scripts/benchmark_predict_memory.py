@@ -74,11 +74,7 @@ def child(size: tuple[int, int, int], tile: tuple[int, ...] | None, out: Path) -
     """One measurement in a fresh process (writes a JSON result to ``out``)."""
     from labelfree_jax.config import NetworkConfig, PackageConfig
     from labelfree_jax.package import Model
-    from labelfree_jax.predict import (
-        choose_tile_shape,
-        estimate_memory_bytes,
-        predict_array,
-    )
+    from labelfree_jax.predict import choose_tile_shape, estimate_memory_bytes, predict_array
     from labelfree_jax.tiling import plan_tiles
 
     net = NetworkConfig()

@@ -15,13 +15,7 @@ from labelfree_jax import hub
 from labelfree_jax.config import NetworkConfig, PackageConfig
 from labelfree_jax.errors import ConfigError, IntegrityError, ModelNotAvailableError
 from labelfree_jax.package import load_package, save_package
-from tests.hub_server import (
-    FakeHub,
-    guard_sockets,
-    isolate_hf,
-    random_variables,
-    set_offline,
-)
+from tests.hub_server import FakeHub, guard_sockets, isolate_hf, random_variables, set_offline
 
 
 @pytest.fixture(scope="module")

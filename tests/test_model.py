@@ -15,16 +15,8 @@ from flax import traverse_util
 
 from labelfree_jax import ops
 from labelfree_jax.config import NetworkConfig
-from labelfree_jax.convert import (
-    network_config_from_checkpoint,
-    state_dict_to_variables,
-)
-from labelfree_jax.model import (
-    build_network,
-    count_parameters,
-    init_variables,
-    random_variables,
-)
+from labelfree_jax.convert import network_config_from_checkpoint, state_dict_to_variables
+from labelfree_jax.model import build_network, count_parameters, init_variables, random_variables
 from labelfree_jax.package import Model, unflatten_variables
 from tests.torch_fnet import Net, randomize_bn_stats, weights_init
 

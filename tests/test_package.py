@@ -11,14 +11,7 @@ from safetensors.numpy import load_file, save_file
 from labelfree_jax.config import NetworkConfig, PackageConfig
 from labelfree_jax.errors import ConfigError, InputError, IntegrityError
 from labelfree_jax.model import init_variables
-from labelfree_jax.package import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    Model,
-    flatten_variables,
-    load_package,
-    save_package,
-)
+from labelfree_jax.package import CONFIG_FILE, WEIGHTS_FILE, Model, flatten_variables, load_package, save_package
 
 NET = NetworkConfig(ndim=3, depth=2, mult_chan=4)
 

@@ -10,14 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from labelfree_jax.tiling import (
-    blend_weights,
-    pad_to_plan,
-    plan_tiles,
-    predict_tiled,
-    resolve_overlap,
-    run_tiles,
-)
+from labelfree_jax.tiling import blend_weights, pad_to_plan, plan_tiles, predict_tiled, resolve_overlap, run_tiles
 
 U = 2.0**-24  # unit roundoff of float32
 

@@ -17,13 +17,7 @@ from labelfree_jax.config import NetworkConfig, PackageConfig
 from labelfree_jax.errors import ConfigError, IntegrityError, ModelNotAvailableError
 from labelfree_jax.package import load_package, save_package
 from labelfree_jax.transforms import transform_from_dict
-from tests.hub_server import (
-    FakeHub,
-    guard_sockets,
-    isolate_hf,
-    random_variables,
-    set_offline,
-)
+from tests.hub_server import FakeHub, guard_sockets, isolate_hf, random_variables, set_offline
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO_DIR = REPO / "zoo"
