@@ -8,7 +8,7 @@ For each dataset in ``../shared/data`` (see its README for the splits) this scri
 2. runs ``labelfree train <config> --run-dir <work>/<dataset>/run`` — exactly what a user runs;
 3. loads the resulting model package, predicts the whole field (the input is available
    everywhere at test time; no target is used) and evaluates the *test* region with
-   :func:`labelfree_jax.metrics.evaluate` (per target channel);
+   :func:`labelfree_jax.evaluation.metrics.evaluate` (per target channel);
 4. appends a row per target to ``docs/benchmarks.md`` (the table is rewritten from
    ``<work>/results.json``, so datasets can be run one at a time).
 
@@ -163,9 +163,9 @@ def _crop(x: np.ndarray, region: dict) -> np.ndarray:
 
 
 def evaluate_run(name: str, spec: dict, package_dir: Path, tta: bool = False) -> list[dict]:
-    from labelfree_jax import metrics
-    from labelfree_jax.io import read_image
-    from labelfree_jax.package import load_package
+    from labelfree_jax.evaluation import metrics
+    from labelfree_jax.imagefiles import read_image
+    from labelfree_jax.inference.model import load_package
 
     model = load_package(package_dir)
     signal = read_image(spec["signal"], axes=spec["signal_axes"]).data.astype(np.float32)

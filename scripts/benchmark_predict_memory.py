@@ -3,7 +3,7 @@
 
 Memory part: for each volume size (Z x Y x X) a fresh subprocess builds the default 3D fnet
 (depth 4, 32 channels, random weights with the fnet's own initial distribution), compiles the
-network for the tile shape on a warm-up tile, then runs :func:`labelfree_jax.predict.predict_array`
+network for the tile shape on a warm-up tile, then runs :func:`labelfree_jax.inference.predict.predict_array`
 on a random float32 volume and reports
 
 * throughput: input voxels / prediction wall time (compile excluded), Mvox/s;
@@ -57,7 +57,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 def fnet_random_variables(net, seed: int = 0, he: bool = False) -> dict:
     """Random variables (fnet init, or He-scaled kernels), drawn on the host without compiling."""
-    from labelfree_jax.model import random_variables
+    from labelfree_jax.models.fnet import random_variables
 
     return random_variables(net, seed, kernels="he" if he else "fnet")
 
@@ -72,10 +72,10 @@ def rss_mb() -> float:
 
 def child(size: tuple[int, int, int], tile: tuple[int, ...] | None, out: Path) -> None:
     """One measurement in a fresh process (writes a JSON result to ``out``)."""
-    from labelfree_jax.config import NetworkConfig, PackageConfig
-    from labelfree_jax.package import Model
-    from labelfree_jax.predict import choose_tile_shape, estimate_memory_bytes, predict_array
-    from labelfree_jax.tiling import plan_tiles
+    from labelfree_jax.inference.model import Model
+    from labelfree_jax.inference.predict import choose_tile_shape, estimate_memory_bytes, predict_array
+    from labelfree_jax.inference.tiling import plan_tiles
+    from labelfree_jax.models.config import NetworkConfig, PackageConfig
 
     net = NetworkConfig()
     model = Model(PackageConfig(name="random-fnet", network=net), fnet_random_variables(net))
@@ -88,7 +88,7 @@ def child(size: tuple[int, int, int], tile: tuple[int, ...] | None, out: Path) -
     y = predict_array(model, x, tile_shape=tile_used, progress=False)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    from labelfree_jax.predict import default_overlap
+    from labelfree_jax.inference.predict import default_overlap
 
     m = 2**net.depth
     plan = plan_tiles(size, tile_used, default_overlap(tile_used, size, m), align=m)
@@ -161,9 +161,9 @@ def run_seam(overlaps=(16, 32, 64), distances=(0, 2, 4, 8, 16, 24, 32, 48, 63)) 
     import jax.numpy as jnp
     from scipy.ndimage import gaussian_filter
 
-    from labelfree_jax.config import NetworkConfig
-    from labelfree_jax.model import build_network
-    from labelfree_jax.tiling import predict_tiled
+    from labelfree_jax.inference.tiling import predict_tiled
+    from labelfree_jax.models.config import NetworkConfig
+    from labelfree_jax.models.fnet import build_network
 
     net = NetworkConfig()
     module = build_network(net)
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
         table,
         "",
         "With a fixed tile the network's working memory (\"tile estimate\", the activation estimate of "
-        "`labelfree_jax.predict.estimate_memory_bytes`; RSS after warm-up includes it plus JAX and the "
+        "`labelfree_jax.inference.predict.estimate_memory_bytes`; RSS after warm-up includes it plus JAX and the "
         "weights) does not depend on the volume: the peak grows only by a few volume-sized float32 "
         "arrays (the input, its normalised/padded working copy, the output accumulator and the "
         "weight sum), not with the number of tiles.",
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
                 "border, so the blended error is about the single-tile error at half the overlap. "
                 "Uniform averaging (no taper) keeps the tile borders' errors: never use it for a network. "
                 "Overlap 96 would lower the He-init error a further ~3x at ~1.4x the work for 256-voxel tiles."]
-    from labelfree_jax._atomic import atomic_write_text
+    from labelfree_jax.core.atomic import atomic_write_text
 
     atomic_write_text(args.out, "\n".join(doc) + "\n")
     print(f"wrote {args.out}")

@@ -7,7 +7,7 @@ Measures, for the default 3D net (``NetworkConfig()``, 23.3 M parameters):
 * train: one Adam step (MSE loss, BatchNorm in train mode) on a batch ``(B, 1, Z, Y, X)``
   (default 4 × 32×64×64);
 
-JAX (``labelfree_jax.model``, convolution formulation from ``--impl``) against the
+JAX (``labelfree_jax.models.fnet``, convolution formulation from ``--impl``) against the
 independent PyTorch reference ``tests/torch_fnet.py`` with the same weights. Repeats are
 interleaved (JAX, PyTorch, JAX, ...) and the median is reported, because the machine may be
 shared; the load average is printed. Also printed: compile time, peak RSS growth during each
@@ -166,10 +166,10 @@ def build(args):
     import optax
     import torch
 
-    from labelfree_jax.config import NetworkConfig
-    from labelfree_jax.convert import state_dict_to_variables
-    from labelfree_jax.model import build_network
-    from labelfree_jax.package import unflatten_variables
+    from labelfree_jax.compat.convert import state_dict_to_variables
+    from labelfree_jax.models.config import NetworkConfig
+    from labelfree_jax.models.fnet import build_network
+    from labelfree_jax.models.package import unflatten_variables
     from tests.torch_fnet import Net, weights_init
 
     cfg = NetworkConfig()
@@ -267,7 +267,7 @@ def layer_table(args, cfg) -> list[str]:
     """Per-layer GFLOP/s (best of ``--layer-repeats``) of PyTorch ``conv3d`` and the JAX formulations.
 
     ``fwd`` rows: predict shapes, forward only, every forward formulation of
-    ``labelfree_jax.ops`` (``broadcast`` only for one input channel). ``fwd+bwd`` rows: train
+    ``labelfree_jax.models.ops`` (``broadcast`` only for one input channel). ``fwd+bwd`` rows: train
     shapes, forward plus both gradients: XLA's native convolution differentiated by JAX, and
     the CPU plan that ``conv_same`` picks (its formulations in the last column).
     """
@@ -275,7 +275,7 @@ def layer_table(args, cfg) -> list[str]:
     import jax.numpy as jnp
     import torch
 
-    from labelfree_jax import ops
+    from labelfree_jax.models import ops
 
     def best(fn, n):
         fn()
@@ -373,8 +373,7 @@ def main(argv=None) -> int:
     import jax
     import torch
 
-    import labelfree_jax
-    from labelfree_jax._allocator import tune_malloc
+    from labelfree_jax.core.allocator import tune_malloc
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -386,7 +385,7 @@ def main(argv=None) -> int:
         print(f"# GPU: jax {jax.devices()[0].device_kind}, torch {torch.cuda.get_device_name()}; "
               f"torch cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
               f"jax_default_matmul_precision={jax.config.jax_default_matmul_precision}")
-    from labelfree_jax.config import NetworkConfig
+    from labelfree_jax.models.config import NetworkConfig
 
     cfg = NetworkConfig()
     peak = peak_flops(n=8192 if args.device == "cuda" else 4096, device=args.device, dtype=args.dtype)

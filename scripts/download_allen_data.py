@@ -32,8 +32,8 @@ try:
 except ImportError:  # running from a source checkout without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from labelfree_jax import allen_data
-from labelfree_jax.errors import LabelfreeError
+from labelfree_jax.core.errors import LabelfreeError
+from labelfree_jax.hub import allen_data
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "allen"
 

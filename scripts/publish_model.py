@@ -9,7 +9,7 @@
 2. publishes config.json + model.safetensors + a model card (``zoo/dna/MODEL_CARD.md`` text) to
    the definition's Hub repo in one commit and tags it (``labelfree publish --zoo``);
 3. records the commit, tag, sha256/size of every file and the metrics in ``zoo/dna/package.json``;
-4. regenerates ``labelfree_jax/zoo_index/models.json`` from all ``zoo/*/package.json``.
+4. regenerates ``labelfree_jax/hub/zoo_index/models.json`` from all ``zoo/*/package.json``.
 
 Re-running with the same package is safe: no new commit, same tag, same index. Commit the
 changed ``zoo/dna/package.json`` and ``models.json`` afterwards. ``--dry-run`` only checks and
@@ -31,7 +31,7 @@ try:
 except ImportError:  # running from a source checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-from labelfree_jax.errors import LabelfreeError
+from labelfree_jax.core.errors import LabelfreeError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", help="zoo model name (a folder of zoo/)")
     parser.add_argument("package", metavar="RUN_OR_PACKAGE_DIR", help="training run folder or model package folder")
     parser.add_argument("--zoo-dir", default=str(ROOT / "zoo"), help="zoo definitions folder (default: zoo/)")
-    parser.add_argument("--index", default=str(ROOT / "labelfree_jax" / "zoo_index" / "models.json"),
+    parser.add_argument("--index", default=str(ROOT / "labelfree_jax" / "hub" / "zoo_index" / "models.json"),
                         help="index file to regenerate (default: the shipped models.json)")
     parser.add_argument("--repo", metavar="ORG/NAME", help="publish to another repo than the definition's")
     parser.add_argument("--tag", help="tag for the commit (default: v<labelfree-jax version>)")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from labelfree_jax import hub, zoo
+    from labelfree_jax.hub import client as hub, zoo
 
     definition_dir = Path(args.zoo_dir) / args.name
     try:

@@ -28,7 +28,7 @@ except ImportError:  # running from a source checkout without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labelfree_jax.cli.train import add_arguments, run
-from labelfree_jax.errors import LabelfreeError
+from labelfree_jax.core.errors import LabelfreeError
 
 
 def main(argv: list[str] | None = None) -> int:

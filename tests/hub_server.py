@@ -452,7 +452,7 @@ def isolate_hf(monkeypatch, tmp_path, *, offline: bool = False):
 
     huggingface_hub reads HF_HUB_OFFLINE, HF_HUB_DISABLE_XET, HF_HOME, the cache and token paths
     into ``huggingface_hub.constants`` when it is imported, so the constants are patched as well
-    as the environment (labelfree_jax.hub also reads HF_HUB_OFFLINE from the environment).
+    as the environment (labelfree_jax.hub.client also reads HF_HUB_OFFLINE from the environment).
     """
     from huggingface_hub import constants
 
@@ -525,6 +525,6 @@ def guard_sockets(monkeypatch, *, allow_loopback: bool = True) -> list:
 
 def random_variables(network, seed: int) -> dict:
     """Random variables with the network's names and shapes (numpy; no XLA compile)."""
-    from labelfree_jax.model import random_variables as _random_variables
+    from labelfree_jax.models.fnet import random_variables as _random_variables
 
     return _random_variables(network, seed, kernels="he")

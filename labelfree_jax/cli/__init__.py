@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module ``labelfree_jax.cli.<name>`` that defines
 ``register(subparsers)`` and ``run(args) -> int``; this module only dispatches.
-Errors the user can cause (:class:`~labelfree_jax.errors.LabelfreeError`) are
+Errors the user can cause (:class:`~labelfree_jax.core.errors.LabelfreeError`) are
 printed as one line, without a traceback.
 """
 
@@ -13,7 +13,9 @@ import importlib
 import logging
 import sys
 
-from labelfree_jax.errors import LabelfreeError
+from labelfree_jax.core.allocator import tune_malloc
+from labelfree_jax.core.errors import LabelfreeError
+from labelfree_jax.core.version import __version__
 
 __all__ = ["main", "build_parser"]
 
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="labelfree",
         description="Label-free prediction of fluorescence images from transmitted light (JAX).",
     )
+    parser.add_argument("--version", action="version", version=f"labelfree-jax {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -42,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # An entry point, so it may set process-wide state: glibc malloc keeps XLA's large per-step
+    # buffers mapped (see labelfree_jax.core.allocator; LABELFREE_TUNE_MALLOC=0 turns it off).
+    # Done before JAX starts its CPU threads.
+    tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     # Our own INFO messages by default; other libraries' (jax, orbax, absl) only with -v / -vv.

@@ -23,8 +23,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labelfree_jax.convert import convert_fnet_checkpoint
-    from labelfree_jax.errors import ConfigError
+    from labelfree_jax.compat.convert import convert_fnet_checkpoint
+    from labelfree_jax.core.errors import ConfigError
 
     if len(args.paths) > 2:
         raise ConfigError("expected [TRAIN_OPTIONS] OUT_DIR")

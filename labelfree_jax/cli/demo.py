@@ -62,7 +62,7 @@ def _minutes(seconds: float) -> str:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from labelfree_jax.errors import InputError
+    from labelfree_jax.core.errors import InputError
 
     if (args.signal is None) != (args.target is None):
         raise InputError("give both --signal and --target (or neither, for synthetic data)")
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from labelfree_jax.demo import run_demo
+    from labelfree_jax.demo.quickstart import run_demo
 
     source = "synthetic cells (offline, nothing downloaded)" if args.signal is None else f"{args.signal} -> {args.target}"
     print("labelfree demo: transmitted light -> fluorescence, the whole job on", source, flush=True)

@@ -65,18 +65,18 @@ def register(subparsers) -> None:
 
 
 def _load_model(name_or_dir: str):
-    if importlib.util.find_spec("labelfree_jax.zoo") is not None:
-        from labelfree_jax import zoo
+    if importlib.util.find_spec("labelfree_jax.hub.zoo") is not None:
+        from labelfree_jax.hub import zoo
 
         return zoo.load(name_or_dir)
-    from labelfree_jax.package import load_package
+    from labelfree_jax.inference.model import load_package
 
     return load_package(name_or_dir)
 
 
 def run(args: argparse.Namespace) -> int:
-    from labelfree_jax.errors import InputError
-    from labelfree_jax.predict import predict_files, resolve_shard, summary_path
+    from labelfree_jax.core.errors import InputError
+    from labelfree_jax.inference.predict import predict_files, resolve_shard, summary_path
 
     inputs = list(args.inputs)
     if args.manifest:

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from labelfree_jax import hub
-    from labelfree_jax._atomic import atomic_write_text
-    from labelfree_jax.errors import ConfigError, InputError
+    from labelfree_jax.core.atomic import atomic_write_text
+    from labelfree_jax.core.errors import ConfigError, InputError
+    from labelfree_jax.hub import client as hub
 
     if args.update_zoo and not args.zoo:
         raise ConfigError("--update-zoo needs --zoo ZOO_DIR")
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="labelfree-publish-") as tmp:
             out = Path(args.staging_dir) if args.staging_dir else Path(tmp)
             if args.zoo:
-                from labelfree_jax import zoo
+                from labelfree_jax.hub import zoo
 
                 zoo.stage_zoo_model(args.zoo, args.package, out, repo_id=args.repo)
             else:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.zoo:
-        from labelfree_jax import zoo
+        from labelfree_jax.hub import zoo
 
         result, entry = zoo.publish_zoo_model(
             args.zoo, args.package, repo_id=args.repo, tag=args.tag, private=args.private,
@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
             staging_dir=args.staging_dir, license=args.license, license_name=args.license_name,
             datasets=args.dataset, card_text=card_text,
         )
-        from labelfree_jax import zoo
-        from labelfree_jax.package import load_package
+        from labelfree_jax.hub import zoo
+        from labelfree_jax.inference.model import load_package
 
         config = load_package(hub.resolve_package_dir(args.package)).config
         entry = zoo.entry_from_publish(result, config, modality=args.modality)

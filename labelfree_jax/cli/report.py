@@ -50,15 +50,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labelfree_jax.errors import InputError
-    from labelfree_jax.io import read_image
-    from labelfree_jax.report import write_report
+    from labelfree_jax.core.errors import InputError
+    from labelfree_jax.evaluation.report import write_report
+    from labelfree_jax.imagefiles import read_image
 
     signal = read_image(args.signal, channels=_channels(args.signal_channel), axes=args.axes)
     target = (read_image(args.target, channels=_channels(args.target_channel), axes=args.axes)
               if args.target else None)
     if args.model:
-        from labelfree_jax import zoo
+        from labelfree_jax.hub import zoo
 
         model = zoo.load(args.model)
         prediction = model.predict(signal.data.astype("float32"))

@@ -11,7 +11,7 @@ DISTRIBUTED_ENV = "LABELFREE_DISTRIBUTED"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``labelfree train`` (shared with ``scripts/train.py``)."""
-    parser.add_argument("config", metavar="CONFIG.json", help="run config (see labelfree_jax.train_config.RunConfig)")
+    parser.add_argument("config", metavar="CONFIG.json", help="run config (see labelfree_jax.training.config.RunConfig)")
     parser.add_argument("--run-dir", metavar="DIR",
                         help="run directory for checkpoints, losses.csv, the loss curve and the final package "
                              "(default: runs/<config name>)")
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from labelfree_jax.train import initialize_distributed, train
-    from labelfree_jax.train_config import load_run_config
+    from labelfree_jax.training.config import load_run_config
+    from labelfree_jax.training.train import initialize_distributed, train
 
     if getattr(args, "verbose", 0) < 2:  # orbax logs every checkpoint step at INFO through absl
         logging.getLogger("absl").setLevel(logging.WARNING)

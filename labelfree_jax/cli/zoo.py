@@ -52,7 +52,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from labelfree_jax import datasets, zoo
+    from labelfree_jax.hub import samples as datasets, zoo
 
     action = getattr(args, "zoo_command", None)
     if action == "list":

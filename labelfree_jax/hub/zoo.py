@@ -1,0 +1,599 @@
+"""The model zoo: named, pinned, verified models on the Hugging Face Hub.
+
+::
+
+    from labelfree_jax.hub import zoo
+    zoo.list()                                  # name, modality, status, revision of every model
+    model = zoo.load("dna")                     # a zoo name (index pins commit + sha256 of every file)
+    model = zoo.load("org/repo@<commit>")       # any Hub repo holding a labelfree-jax package
+    model = zoo.load("runs/dna/package")        # a local package folder
+    prediction = model.predict(bright_field)    # (C, Z, Y, X) float32
+    model.config.signal_transforms, model.config.pixel_size_um, model.config.metrics
+
+The index (``labelfree_jax/hub/zoo_index/models.json``, shipped with the package) is data, never
+code: :class:`ModelIndex`, parsed strictly. A published entry pins the repo's commit and the
+sha256 and size of every file; downloads go through :mod:`labelfree_jax.hub.client` into the normal
+Hugging Face cache, are verified before use and work offline (``HF_HUB_OFFLINE=1``) from the cache.
+
+The index is generated from the zoo definitions of the source tree, one folder per structure::
+
+    zoo/<name>/package.json    ZooDefinition: repo id, modality, transforms, pixel sizes, licence,
+                               and once published the pinned commit + file hashes
+    zoo/<name>/train.json      the training recipe (labelfree train)
+    zoo/<name>/MODEL_CARD.md   curated model-card text (training data, limitations)
+
+(:func:`build_index`, :func:`publish_zoo_model`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import importlib.resources
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from labelfree_jax.core.errors import ConfigError, IntegrityError, ModelNotAvailableError
+from labelfree_jax.hub import client as hub
+from labelfree_jax.hub.client import FileRecord, PublishResult
+from labelfree_jax.inference.model import Model, load_package
+from labelfree_jax.models.config import PackageConfig, parse_config
+from labelfree_jax.transforms import Transform
+
+__all__ = [
+    "INDEX_FORMAT_VERSION",
+    "MODALITIES",
+    "ModelEntry",
+    "ModelIndex",
+    "ZooModel",
+    "PublishedInfo",
+    "ZooDefinition",
+    "index_path",
+    "load_index",
+    "list",
+    "get_entry",
+    "download",
+    "load",
+    "load_definition",
+    "entry_from_definition",
+    "entry_from_publish",
+    "build_index",
+    "write_index",
+    "check_package_matches",
+    "stage_zoo_model",
+    "publish_zoo_model",
+]
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT_VERSION = 1
+#: Transmitted-light modalities a zoo model can take as input.
+MODALITIES = ("bright-field", "DIC", "phase-contrast")
+DEFINITION_FILE = "package.json"
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '_' (at most 64)")
+    return name
+
+
+def _check_pixel_size(value: dict[str, float] | None) -> dict[str, float] | None:
+    if value is not None:
+        if set(value) - {"z", "y", "x"}:
+            raise ValueError(f"pixel size keys must be z, y, x; got {sorted(value)}")
+        if any(not v > 0 for v in value.values()):
+            raise ValueError("pixel sizes must be positive")
+    return value
+
+
+class ModelEntry(_Strict):
+    """One model of the index.
+
+    ``status == "published"`` needs ``revision`` (a 40-hex commit id) and ``files`` with at
+    least ``config.json`` and ``model.safetensors`` (sha256 + size each); ``"unpublished"``
+    has ``revision: null`` and no files.
+    """
+
+    repo_id: str
+    status: Literal["published", "unpublished"]
+    revision: str | None = None
+    tag: str | None = None
+    files: dict[str, FileRecord] = {}
+    modality: Literal["bright-field", "DIC", "phase-contrast"]
+    structure: str
+    description: str = ""
+    ndim: Literal[2, 3] = 3
+    pixel_size_um: dict[str, float] | None = None
+    metrics: dict[str, float] = {}
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo(cls, value: str) -> str:
+        try:
+            return hub.validate_repo_id(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: dict[str, FileRecord]) -> dict[str, FileRecord]:
+        for name in value:
+            try:
+                hub.validate_filename(name)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("pixel_size_um")
+    @classmethod
+    def _pixels(cls, value):
+        return _check_pixel_size(value)
+
+    @model_validator(mode="after")
+    def _status(self):
+        if self.status == "published":
+            if not hub.is_commit_hash(self.revision):
+                raise ValueError(f"a published model needs revision = a 40-hex commit id, got {self.revision!r}")
+            missing = [f for f in hub.REQUIRED_PACKAGE_FILES if f not in self.files]
+            if missing:
+                raise ValueError(f"a published model needs the sha256 of {missing} in files")
+        else:
+            if self.revision is not None or self.files or self.tag is not None:
+                raise ValueError("an unpublished model has revision: null, tag: null and no files")
+        return self
+
+
+class ModelIndex(_Strict):
+    """``models.json``: ``{"format_version": 1, "models": {name: ModelEntry}}``."""
+
+    format_version: Literal[1] = INDEX_FORMAT_VERSION
+    models: dict[str, ModelEntry]
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, value: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+        for name in value:
+            _check_name(name)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooModel:
+    """One row of :func:`list`."""
+
+    name: str
+    modality: str
+    status: str
+    revision: str | None
+    repo_id: str
+    structure: str
+    tag: str | None
+    description: str
+
+
+# --------------------------------------------------------------------------------------------
+# the index
+# --------------------------------------------------------------------------------------------
+def index_path() -> Path:
+    """The shipped index ``labelfree_jax/hub/zoo_index/models.json``."""
+    return Path(str(importlib.resources.files("labelfree_jax.hub").joinpath("zoo_index", "models.json")))
+
+
+def load_index(index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None) -> ModelIndex:
+    """Parse a model index strictly: None (the shipped one), a JSON file, a dict or a :class:`ModelIndex`."""
+    if isinstance(index, ModelIndex):
+        return index
+    if index is None or isinstance(index, (str, os.PathLike)):
+        path = index_path() if index is None else Path(index)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the model index: {err}") from err
+        return parse_config(ModelIndex, text, source=str(path))
+    if isinstance(index, Mapping):
+        return parse_config(ModelIndex, dict(index), source="model index (dict)")
+    raise ConfigError(f"index must be a path, a dict or a ModelIndex, got {type(index).__name__}")
+
+
+def list(index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None) -> builtins.list[ZooModel]:
+    """Every model of the index: name, modality, status (published/unpublished), revision, repo id ..."""
+    idx = load_index(index)
+    return [
+        ZooModel(name=name, modality=e.modality, status=e.status, revision=e.revision, repo_id=e.repo_id,
+                 structure=e.structure, tag=e.tag, description=e.description)
+        for name, e in idx.models.items()
+    ]
+
+
+def get_entry(name: str, index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None) -> ModelEntry:
+    """The index entry of ``name``; :class:`ModelNotAvailableError` listing the known names otherwise."""
+    idx = load_index(index)
+    if name not in idx.models:
+        raise ModelNotAvailableError(
+            f"unknown model {name!r}: not a zoo model and not a model package folder; the zoo has: "
+            f"{', '.join(sorted(idx.models)) or 'no models'} (or pass 'org/name@revision' of a Hub repo)"
+        )
+    return idx.models[name]
+
+
+def _unpublished_message(name: str, entry: ModelEntry) -> str:
+    return (
+        f"model {name!r} ({entry.structure}, repo {entry.repo_id}) is not published yet. Train it from the recipe in "
+        f"the labelfree-jax source tree: `labelfree train zoo/{name}/train.json --run-dir runs/{name}`, then use the "
+        f"package folder directly (zoo.load('runs/{name}/package')) or publish it: `labelfree publish runs/{name} "
+        f"--repo <org>/<name>` (maintainers: `python scripts/publish_model.py {name} runs/{name}`)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# download / load
+# --------------------------------------------------------------------------------------------
+def _is_local(spec: str | os.PathLike) -> bool:
+    return isinstance(spec, os.PathLike) or os.path.isdir(spec)
+
+
+def download(
+    name: str,
+    *,
+    index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> Path:
+    """Fetch a zoo model (or ``"org/name@revision"``) into the HF cache, verified; return the package folder.
+
+    Raises:
+        ModelNotAvailableError: unknown name, unpublished, not on the Hub, offline and not cached.
+        IntegrityError: a file does not match the sha256 the index pins (or the Hub reports).
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"expected a zoo model name or 'org/name@revision', got {type(name).__name__}")
+    idx = load_index(index)
+    if name in idx.models:
+        entry = idx.models[name]
+        if entry.status != "published":
+            raise ModelNotAvailableError(_unpublished_message(name, entry))
+        return hub.download_package(
+            entry.repo_id, entry.revision, files=entry.files, endpoint=endpoint, cache_dir=cache_dir,
+            token=token, force_download=force_download, hint=f"labelfree zoo download {name}",
+        )
+    if "/" in name:
+        try:
+            repo_id, revision = hub.parse_repo_ref(name)
+        except ConfigError as err:
+            raise ModelNotAvailableError(
+                f"{name!r} is not a zoo model ({', '.join(sorted(idx.models))}), not a model package folder, "
+                f"and not a valid 'org/name@revision': {err}"
+            ) from err
+        return hub.download_package(
+            repo_id, revision, endpoint=endpoint, cache_dir=cache_dir, token=token,
+            force_download=force_download, hint=f"labelfree zoo download {name}",
+        )
+    get_entry(name, idx)  # raises the "unknown model" error
+    raise AssertionError("unreachable")
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> Model:
+    """Load a model: a zoo name, ``"org/name@revision"`` (any Hub repo with a package), or a local folder.
+
+    Zoo names win over folders of the same name; a ``Path`` (or a string naming an existing
+    folder that is not a zoo name) is loaded from disk with
+    :func:`~labelfree_jax.models.package.load_package`. Hub files are fetched at the pinned revision
+    into the HF cache (``cache_dir``; ``endpoint``/``token`` are passed on), verified
+    (sha256 from the index, or what the Hub reports for an un-indexed repo) and then parsed
+    strictly, every tensor shape checked against the config.
+
+    Returns:
+        :class:`~labelfree_jax.models.package.Model`: ``.predict(array)``; metadata in ``.config``
+        (``signal_transforms``, ``target_transforms``, ``pixel_size_um``, ``metrics``, ...).
+
+    Raises:
+        ModelNotAvailableError: unknown name (the message lists the known ones), unpublished
+            model (says how to train/publish it), repo/revision not found, offline and not cached
+            (names the repo, revision and how to pre-download).
+        IntegrityError: a file's sha256 differs from the index (a tampered cache is refused) or
+            a tensor shape differs from the config.
+        ConfigError: an invalid config.json.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        return load_package(name_or_path)
+    if not isinstance(name_or_path, str):
+        raise ConfigError(f"expected a zoo name, 'org/name@revision' or a folder, got {type(name_or_path).__name__}")
+    idx = load_index(index)
+    if name_or_path not in idx.models and os.path.isdir(name_or_path):
+        return load_package(name_or_path)
+    if name_or_path not in idx.models and "/" not in name_or_path:
+        get_entry(name_or_path, idx)  # unknown: lists the known names
+    try:
+        folder = download(name_or_path, index=idx, endpoint=endpoint, cache_dir=cache_dir, token=token,
+                          force_download=force_download)
+    except ModelNotAvailableError as err:
+        if name_or_path in idx.models or "@" in name_or_path:
+            raise
+        raise ModelNotAvailableError(f"{err} (and there is no local folder {name_or_path!r})") from err
+    model = load_package(folder)
+    if name_or_path in idx.models:
+        entry = idx.models[name_or_path]
+        if model.config.network.ndim != entry.ndim:
+            raise IntegrityError(
+                f"{entry.repo_id}@{entry.revision}: the package is a {model.config.network.ndim}D network, "
+                f"the index says {entry.ndim}D"
+            )
+        model.source = f"{entry.repo_id}@{entry.revision}"
+    else:
+        model.source = name_or_path if "@" in name_or_path else f"{name_or_path}@{folder.name}"
+    log.info("loaded %s from %s", model.source, folder)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# zoo definitions (source tree: zoo/<name>/package.json)
+# --------------------------------------------------------------------------------------------
+class PublishedInfo(_Strict):
+    """The pinned Hub state of a published zoo model."""
+
+    revision: str
+    tag: str | None = None
+    files: dict[str, FileRecord]
+    metrics: dict[str, float] = {}
+
+    @field_validator("revision")
+    @classmethod
+    def _commit(cls, value: str) -> str:
+        if not hub.is_commit_hash(value):
+            raise ValueError(f"revision must be a 40-hex commit id, got {value!r}")
+        return value
+
+
+class ZooDefinition(_Strict):
+    """``zoo/<name>/package.json``: everything about a zoo model except its weights.
+
+    ``signal_transforms`` / ``target_transforms`` / ``pixel_size_um`` / ``ndim`` must equal
+    those of the package that gets published (:func:`check_package_matches`).
+    ``raw_pixel_size_um`` is the acquisition pixel size the resize factors assume (the
+    original: 0.108 µm at 100x -> 0.29 µm, factor 0.37241). ``train_config`` and
+    ``model_card`` are file names beside this file. ``published`` is filled by
+    :func:`publish_zoo_model`.
+    """
+
+    format_version: Literal[1] = 1
+    name: str
+    structure: str
+    modality: Literal["bright-field", "DIC", "phase-contrast"]
+    repo_id: str
+    description: str
+    signal_description: str
+    target_description: str
+    ndim: Literal[2, 3] = 3
+    signal_transforms: tuple[Transform, ...]
+    target_transforms: tuple[Transform, ...]
+    pixel_size_um: dict[str, float]
+    raw_pixel_size_um: dict[str, float] | None = None
+    train_config: str = "train.json"
+    model_card: str = "MODEL_CARD.md"
+    license: str = "other"
+    license_name: str | None = None
+    license_link: str | None = None
+    datasets: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    published: PublishedInfo | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_name(value)
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo(cls, value: str) -> str:
+        try:
+            return hub.validate_repo_id(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
+    @field_validator("pixel_size_um", "raw_pixel_size_um")
+    @classmethod
+    def _pixels(cls, value):
+        return _check_pixel_size(value)
+
+    @field_validator("train_config", "model_card")
+    @classmethod
+    def _plain_file(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value in ("", ".", ".."):
+            raise ValueError(f"{value!r} must be a file name beside package.json")
+        return value
+
+
+def load_definition(path: str | os.PathLike) -> ZooDefinition:
+    """Read ``zoo/<name>/package.json`` (``path`` is the file or its folder); the folder name must equal ``name``."""
+    path = Path(path)
+    file = path / DEFINITION_FILE if path.is_dir() else path
+    try:
+        text = file.read_text()
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot read the zoo definition: {err}") from err
+    defn = parse_config(ZooDefinition, text, source=str(file))
+    if file.parent.name != defn.name:
+        raise ConfigError(f"{file}: name {defn.name!r} differs from its folder {file.parent.name!r}")
+    return defn
+
+
+def entry_from_definition(defn: ZooDefinition) -> ModelEntry:
+    """The index entry of a zoo definition (published when ``defn.published`` is set)."""
+    pub = defn.published
+    return ModelEntry(
+        repo_id=defn.repo_id,
+        status="published" if pub else "unpublished",
+        revision=pub.revision if pub else None,
+        tag=pub.tag if pub else None,
+        files=dict(pub.files) if pub else {},
+        modality=defn.modality,
+        structure=defn.structure,
+        description=defn.description,
+        ndim=defn.ndim,
+        pixel_size_um=defn.pixel_size_um,
+        metrics=dict(pub.metrics) if pub else {},
+    )
+
+
+def entry_from_publish(
+    result: PublishResult,
+    config: PackageConfig,
+    *,
+    modality: str = "bright-field",
+    structure: str | None = None,
+) -> ModelEntry:
+    """The index entry of a package just published (:func:`labelfree_jax.hub.client.publish_package`)."""
+    return ModelEntry(
+        repo_id=result.repo_id,
+        status="published",
+        revision=result.revision,
+        tag=result.tag,
+        files=dict(result.files),
+        modality=modality,
+        structure=structure or config.target_description,
+        description=config.description,
+        ndim=config.network.ndim,
+        pixel_size_um=config.pixel_size_um,
+        metrics=dict(config.metrics),
+    )
+
+
+def build_index(zoo_dir: str | os.PathLike) -> ModelIndex:
+    """The index of every ``<zoo_dir>/<name>/package.json`` (names sorted)."""
+    zoo_dir = Path(zoo_dir)
+    files = sorted(zoo_dir.glob(f"*/{DEFINITION_FILE}"))
+    if not files:
+        raise ConfigError(f"{zoo_dir}: no */{DEFINITION_FILE} zoo definitions")
+    models = {}
+    for file in files:
+        defn = load_definition(file)
+        models[defn.name] = entry_from_definition(defn)
+    return ModelIndex(models=models)
+
+
+def _index_json(index: ModelIndex) -> str:
+    return json.dumps(index.model_dump(mode="json"), indent=2) + "\n"
+
+
+def write_index(index: ModelIndex, path: str | os.PathLike | None = None) -> Path:
+    """Write ``index`` as JSON (atomically) to ``path`` (default: the shipped ``models.json``)."""
+    from labelfree_jax.core.atomic import atomic_write_text
+
+    path = index_path() if path is None else Path(path)
+    return atomic_write_text(path, _index_json(index))
+
+
+def check_package_matches(defn: ZooDefinition, config: PackageConfig, *, source: str = "package") -> None:
+    """Raise :class:`ConfigError` unless the package's transforms, pixel size and ndim equal the definition's."""
+    problems = []
+    if tuple(config.signal_transforms) != tuple(defn.signal_transforms):
+        problems.append(
+            f"signal_transforms {[t.model_dump(mode='json') for t in config.signal_transforms]} != "
+            f"{[t.model_dump(mode='json') for t in defn.signal_transforms]}"
+        )
+    if tuple(config.target_transforms) != tuple(defn.target_transforms):
+        problems.append(
+            f"target_transforms {[t.model_dump(mode='json') for t in config.target_transforms]} != "
+            f"{[t.model_dump(mode='json') for t in defn.target_transforms]}"
+        )
+    if config.pixel_size_um != defn.pixel_size_um:
+        problems.append(f"pixel_size_um {config.pixel_size_um} != {defn.pixel_size_um}")
+    if config.network.ndim != defn.ndim:
+        problems.append(f"ndim {config.network.ndim} != {defn.ndim}")
+    if problems:
+        raise ConfigError(f"{source} does not match zoo definition {defn.name!r}: " + "; ".join(problems))
+
+
+def _card_options(defn: ZooDefinition, definition_dir: Path) -> dict[str, Any]:
+    card_file = definition_dir / defn.model_card
+    return dict(license=defn.license, license_name=defn.license_name, license_link=defn.license_link,
+                datasets=defn.datasets, tags=defn.tags, zoo_name=defn.name,
+                card_text=card_file.read_text() if card_file.is_file() else None)
+
+
+def _checked(definition_dir: Path, package_dir: str | os.PathLike) -> tuple[ZooDefinition, Path, Model]:
+    defn = load_definition(definition_dir)
+    src = hub.resolve_package_dir(package_dir)
+    model = load_package(src)
+    check_package_matches(defn, model.config, source=str(src))
+    return defn, src, model
+
+
+def stage_zoo_model(
+    definition_dir: str | os.PathLike,
+    package_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+) -> Path:
+    """Check a package against ``zoo/<name>`` and write the folder :func:`publish_zoo_model` would upload."""
+    definition_dir = Path(definition_dir)
+    defn, src, _ = _checked(definition_dir, package_dir)
+    return hub.stage_package(src, out_dir, repo_id=repo_id or defn.repo_id, **_card_options(defn, definition_dir))
+
+
+def publish_zoo_model(
+    definition_dir: str | os.PathLike,
+    package_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    tag: str | None = None,
+    private: bool = False,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    staging_dir: str | os.PathLike | None = None,
+    update_definition: bool = True,
+    index_file: str | os.PathLike | None = None,
+) -> tuple[PublishResult, ModelEntry]:
+    """Publish a trained package as the zoo model of ``definition_dir`` (``zoo/<name>``).
+
+    Checks the package against the definition (:func:`check_package_matches`), publishes it
+    with the definition's repo id (or ``repo_id``), licence, datasets, tags and
+    ``MODEL_CARD.md`` text, then (``update_definition``) records the commit, tag, file hashes
+    and metrics in ``package.json`` and (``index_file``) rewrites that index from all
+    definitions beside this one.
+
+    Returns:
+        ``(PublishResult, ModelEntry)``: the entry to put in the index.
+    """
+    from labelfree_jax.core.atomic import atomic_write_text
+
+    definition_dir = Path(definition_dir)
+    defn, src, model = _checked(definition_dir, package_dir)
+    result = hub.publish_package(
+        src, repo_id or defn.repo_id, tag=tag, private=private, endpoint=endpoint, token=token,
+        staging_dir=staging_dir, **_card_options(defn, definition_dir),
+    )
+    published = PublishedInfo(revision=result.revision, tag=result.tag, files=result.files,
+                              metrics=dict(model.config.metrics))
+    defn = defn.model_copy(update={"published": published, "repo_id": result.repo_id})
+    entry = entry_from_definition(defn)
+    if update_definition:
+        atomic_write_text(definition_dir / DEFINITION_FILE, defn.model_dump_json(indent=2) + "\n")
+        if index_file is not None:
+            write_index(build_index(definition_dir.parent), index_file)
+    return result, entry

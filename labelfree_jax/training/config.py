@@ -1,0 +1,303 @@
+"""The typed training run config: :class:`RunConfig` (strict pydantic, JSON on disk).
+
+A run config says everything a training run needs: the data (CSV manifests, channels,
+regions), the signal/target transforms (the same typed transforms a model package stores),
+the network (:class:`~labelfree_jax.models.config.NetworkConfig`), the optimizer and learning-rate
+schedule, the patch loader (patch shape, batch size, image buffer, augmentation), the
+number of steps, checkpoint/validation intervals and the seed. Unknown keys are errors.
+
+Paths in a config file (``data.*.manifest``) are relative to the folder of that file;
+:func:`load_run_config` turns them into absolute paths. Paths in a :class:`RunConfig`
+built in Python are relative to the current directory.
+
+Example (2D, 13 input channels)::
+
+    {
+      "name": "isl-dapi",
+      "data": {"train": {"manifest": "train.csv", "signal_axes": "CYX", "target_axes": "CYX",
+                         "target_channels": [0], "region": {"y": [0, 768]}}},
+      "signal_transforms": [{"name": "normalize"}],
+      "target_transforms": [{"name": "normalize"}],
+      "model": {"ndim": 2, "depth": 3, "in_channels": 13, "base_channels": 16},
+      "patch_shape": [64, 64], "batch_size": 8, "steps": 500
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from labelfree_jax.core.errors import ConfigError
+from labelfree_jax.models.config import NetworkConfig, parse_config
+from labelfree_jax.transforms import Transform
+
+__all__ = [
+    "RUN_CONFIG_VERSION",
+    "DatasetConfig",
+    "DataConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "AugmentationConfig",
+    "RunConfig",
+    "load_run_config",
+    "resolve_paths",
+]
+
+RUN_CONFIG_VERSION = 1
+
+_AXES = ("z", "y", "x")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    """One dataset: a CSV manifest plus how to read its files.
+
+    ``manifest`` is a CSV file with either
+
+    * columns ``path_signal`` and ``path_target`` (optional ``path_weight_map``): signal and
+      target in separate files; or
+    * a column ``path`` (or ``path_czi``, the original fnet name): one multi-channel file per
+      row, the signal and target being channels of it. The channels come from the row's
+      ``channel_signal`` / ``channel_target`` columns (index or OME/CZI channel name;
+      several separated by ``;``) or, when those columns are absent, from
+      ``signal_channels`` / ``target_channels`` here.
+
+    Paths inside the CSV are relative to the CSV's folder. ``signal_channels`` /
+    ``target_channels`` also select channels of the separate signal/target files.
+    ``signal_axes`` / ``target_axes`` say what the stored axes are (see
+    :func:`labelfree_jax.imagefiles.read.read_image`), e.g. ``"CYX"`` to read a plane stack as channels.
+    ``region`` keeps part of every image before the transforms: ``{"y": [0, 768]}`` keeps
+    rows 0..767 (start inclusive, stop exclusive, raw pixels).
+    """
+
+    manifest: str
+    signal_channels: tuple[int | str, ...] | None = None
+    target_channels: tuple[int | str, ...] | None = None
+    signal_axes: str | None = None
+    target_axes: str | None = None
+    region: dict[Literal["z", "y", "x"], tuple[int, int]] | None = None
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, value):
+        if value is not None:
+            for axis, (start, stop) in value.items():
+                if start < 0 or stop <= start:
+                    raise ValueError(f"region {axis}: need 0 <= start < stop, got [{start}, {stop}]")
+        return value
+
+    @field_validator("signal_channels", "target_channels")
+    @classmethod
+    def _check_channels(cls, value):
+        if value is not None and len(value) == 0:
+            raise ValueError("an empty channel list selects nothing; leave it out (null) to keep all channels")
+        return value
+
+
+class DataConfig(_Strict):
+    """Training data and validation data.
+
+    Validation comes from ``validation`` (its own manifest / region) or, when that is
+    absent and ``validation_fraction > 0``, from a fixed random part of the training
+    manifest's rows (``split_seed``; the same permutation as the original fnet
+    ``split_dataset.py``: ``numpy.random.RandomState(seed).permutation``).
+    """
+
+    train: DatasetConfig
+    validation: DatasetConfig | None = None
+    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = 42
+
+    @model_validator(mode="after")
+    def _one_validation_source(self):
+        if self.validation is not None and self.validation_fraction > 0:
+            raise ValueError("give either data.validation or data.validation_fraction, not both")
+        return self
+
+
+class OptimizerConfig(_Strict):
+    """Adam (the paper: lr 1e-3, betas (0.5, 0.999)) or AdamW; optional global-norm clipping."""
+
+    name: Literal["adam", "adamw"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_grad_norm: float | None = Field(None, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, value):
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"betas must lie in [0, 1), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _decay_needs_adamw(self):
+        if self.weight_decay > 0 and self.name != "adamw":
+            raise ValueError("weight_decay needs name='adamw'")
+        return self
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule (multiplies ``optimizer.learning_rate``).
+
+    * ``constant`` (the paper);
+    * ``cosine``: cosine decay to ``final_factor`` over ``decay_steps``;
+    * ``linear``: linear decay to ``final_factor`` over ``decay_steps``;
+    * ``exponential``: ``decay_rate ** (t / decay_steps)``;
+    * ``step``: multiply by ``decay_rate`` at each of ``boundaries`` (steps).
+
+    ``warmup_steps`` ramps linearly from 0 first. ``decay_steps`` defaults to
+    ``steps - warmup_steps``.
+    """
+
+    name: Literal["constant", "cosine", "linear", "exponential", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    decay_steps: int | None = Field(None, ge=1)
+    final_factor: float = Field(0.0, ge=0.0)
+    decay_rate: float = Field(0.1, gt=0.0)
+    boundaries: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _boundaries(self):
+        if self.name == "step" and not self.boundaries:
+            raise ValueError("schedule 'step' needs boundaries (a list of steps)")
+        if list(self.boundaries) != sorted(set(self.boundaries)) or any(b <= 0 for b in self.boundaries):
+            raise ValueError(f"boundaries must be increasing positive steps, got {self.boundaries}")
+        return self
+
+
+class AugmentationConfig(_Strict):
+    """Random flips of each spatial axis (p = 0.5 each) and 90° rotations in the y-x plane.
+
+    Applied identically to signal, target and weight map of a patch.
+    """
+
+    flip: bool = False
+    rotate90: bool = False
+
+
+class RunConfig(_Strict):
+    """Everything a training run needs (see the module docstring for an example).
+
+    Loader: every patch comes from one of ``buffer_size`` transformed images held in
+    memory; after every ``buffer_switch_interval`` patches the oldest image is replaced
+    by the next one (``<= 0``: never; the original fnet's ``buffer_switch_frequency``).
+    ``patch_shape`` is ``(Z, Y, X)`` or ``(Y, X)`` voxels of the transformed grid, each a
+    multiple of ``2**model.depth``. ``batch_size`` is the global batch (divided over all
+    devices). Intervals are in steps; ``validation_interval = 0`` validates only at the end.
+    ``compute_dtype = "bfloat16"`` runs the network in bf16 with float32 master weights.
+    ``prediction_signal_transforms`` are appended to ``signal_transforms`` in the model
+    package only (e.g. the original fnet's prediction-time padding to a multiple of 16);
+    training does not apply them.
+    """
+
+    format_version: Literal[1] = RUN_CONFIG_VERSION
+    name: str = "model"
+    description: str = ""
+    data: DataConfig | None = None
+    signal_transforms: tuple[Transform, ...] = ()
+    target_transforms: tuple[Transform, ...] = ()
+    prediction_signal_transforms: tuple[Transform, ...] = ()
+    model: NetworkConfig = NetworkConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    loss: Literal["mse", "weighted_mse"] = "mse"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    patch_shape: tuple[int, ...] = (32, 64, 64)
+    batch_size: int = Field(24, ge=1)
+    buffer_size: int = Field(30, ge=1)
+    buffer_switch_interval: int = -1
+    shuffle_images: bool = True
+    augmentation: AugmentationConfig = AugmentationConfig()
+    steps: int = Field(50_000, ge=1)
+    checkpoint_interval: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    validation_interval: int = Field(1000, ge=0)
+    validation_patches: int = Field(32, ge=1)
+    validation_max_images: int = Field(8, ge=1)
+    log_interval: int = Field(20, ge=1)
+    prefetch_batches: int = Field(4, ge=1)
+    seed: int = 0
+    signal_description: str = "transmitted light"
+    target_description: str = "fluorescence"
+    pixel_size_um: dict[str, float] | None = None
+
+    @field_validator("pixel_size_um")
+    @classmethod
+    def _check_pixel_size(cls, value):
+        if value is not None:
+            bad = set(value) - set(_AXES)
+            if bad:
+                raise ValueError(f"pixel_size_um keys must be z, y, x; got {sorted(bad)}")
+            if any(not v > 0 for v in value.values()):
+                raise ValueError("pixel sizes must be positive (µm)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_patch(self):
+        net = self.model
+        if len(self.patch_shape) != net.ndim:
+            raise ValueError(
+                f"patch_shape {self.patch_shape} has {len(self.patch_shape)} axes but the network is {net.ndim}D"
+            )
+        bad = [s for s in self.patch_shape if s < 1 or s % net.size_multiple]
+        if bad:
+            raise ValueError(
+                f"patch_shape {self.patch_shape}: every side must be a positive multiple of "
+                f"2**depth = {net.size_multiple}"
+            )
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes | dict, *, source: str = "run config") -> RunConfig:
+        return parse_config(cls, text, source=source)
+
+
+def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:
+    """A copy of ``config`` with relative manifest paths made absolute against ``base_dir``."""
+    if config.data is None:
+        return config
+    base = Path(base_dir)
+
+    def fix(ds: DatasetConfig | None) -> DatasetConfig | None:
+        if ds is None:
+            return None
+        p = Path(ds.manifest).expanduser()
+        if not p.is_absolute():
+            p = (base / p).resolve()
+        return ds.model_copy(update={"manifest": str(p)})
+
+    data = config.data.model_copy(update={"train": fix(config.data.train), "validation": fix(config.data.validation)})
+    return config.model_copy(update={"data": data})
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a :class:`RunConfig` JSON file; relative manifest paths resolve against its folder.
+
+    Raises:
+        ConfigError: unreadable file, invalid JSON, or an invalid config (the message names
+            the file and every problem).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read run config: {err}") from err
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from err
+    config = RunConfig.from_json(text, source=str(path))
+    return resolve_paths(config, path.resolve().parent)

@@ -1,0 +1,902 @@
+"""Training data: paired datasets (CSV manifests, multi-channel files, arrays) and the patch loader.
+
+Datasets
+--------
+A dataset is a sequence of *image pairs*: ``signal`` ``(C_in, *spatial)``, ``target``
+``(C_out, *spatial)`` and an optional ``weight`` map ``(1 or C_out, *spatial)``, all float32,
+channel-first, on the same grid *after* the transforms. ``load(i)`` reads and transforms
+one pair (nothing is cached by the dataset; the loader keeps what it needs).
+
+* :class:`FileDataset` reads the rows of a CSV manifest (:func:`read_manifest`): separate
+  signal/target(/weight) files, or one multi-channel file per row with signal/target
+  channel indices or names. An optional ``region`` keeps part of each raw image before the
+  transforms (the fixed train/test regions of a single image).
+* :class:`ArrayDataset` wraps in-memory arrays.
+* :class:`Subset` selects rows; :func:`split_indices` makes a fixed random split.
+
+Patch loader
+------------
+:class:`PatchLoader` reproduces the original fnet ``BufferedPatchDataset``: a buffer of
+``buffer_size`` loaded, transformed images; every patch comes from a uniformly chosen
+buffer image at a uniformly chosen position (never crossing the image edge); after every
+``buffer_switch_interval`` patches the oldest buffer image is replaced by the next image
+of a shuffled pass over the dataset. Optional flips and 90° rotations in the y-x plane are
+applied identically to signal, target and weight.
+
+The loader is *counter based*: all randomness of patch ``p`` comes from
+``numpy.random.default_rng((seed, p))`` and the buffer content at patch ``p`` is a pure
+function of ``(seed, p)``. So the loader state is just the index of the next patch
+(:meth:`PatchLoader.state`); restarting at that index reproduces the same batches, which is
+what makes a resumed training run identical to an uninterrupted one.
+
+Batches are built by a background thread (and optionally moved to the devices there), a
+few batches ahead, while a second thread loads the next buffer image before it is needed,
+so the training loop does not wait on disk as long as the loader is faster than training
+(:attr:`PatchLoader.stats`: patches/s of the producer vs the consumer's waiting time).
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelfree_jax.core.errors import ConfigError, InputError
+from labelfree_jax.transforms import Pipeline, validate_image_array
+
+__all__ = [
+    "ImagePair",
+    "ManifestRow",
+    "read_manifest",
+    "PairDataset",
+    "FileDataset",
+    "ArrayDataset",
+    "Subset",
+    "split_indices",
+    "crop_region",
+    "Batch",
+    "PatchLoader",
+    "sample_patches",
+    "measure_loader",
+]
+
+log = logging.getLogger(__name__)
+
+_SPATIAL = {2: ("y", "x"), 3: ("z", "y", "x")}
+_PATH_COLUMNS = ("path", "path_czi")
+
+
+# --------------------------------------------------------------------------------------------
+# image pairs and manifests
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImagePair:
+    """A transformed training pair.
+
+    Attributes:
+        signal: ``(C_in, *spatial)`` float32.
+        target: ``(C_out, *spatial)`` float32, same spatial shape.
+        weight: ``(1 or C_out, *spatial)`` float32 loss weights (>= 0), or None.
+        name: where it came from (for messages).
+    """
+
+    signal: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray | None = None
+    name: str = "<array>"
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.signal.shape[1:])
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One row of a manifest, paths resolved.
+
+    ``target`` is None for a single multi-channel file (``signal`` is that file); the
+    channels are then the row's own (``signal_channels`` / ``target_channels``) or the
+    dataset's defaults.
+    """
+
+    signal: Path
+    target: Path | None = None
+    weight: Path | None = None
+    signal_channels: tuple[int | str, ...] | None = None
+    target_channels: tuple[int | str, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        if self.target is None:
+            return str(self.signal)
+        return f"{self.signal} -> {self.target}"
+
+
+def _parse_channels(cell: str) -> tuple[int | str, ...] | None:
+    """``"3"`` -> (3,), ``"0;2"`` -> (0, 2), ``"DNA"`` -> ("DNA",), ``""`` -> None."""
+    parts = [p.strip() for p in cell.replace(",", ";").split(";") if p.strip()]
+    if not parts:
+        return None
+    return tuple(int(p) if p.lstrip("-").isdigit() else p for p in parts)
+
+
+def read_manifest(path: str | Path) -> list[ManifestRow]:
+    """Read a CSV manifest (see :class:`~labelfree_jax.training.config.DatasetConfig` for the columns).
+
+    Relative paths are resolved against the CSV's folder. Missing files are reported here,
+    all at once, so a typo does not surface hours into training.
+
+    Raises:
+        InputError: unreadable CSV, no usable columns, empty cells, missing files.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            raw_rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    except OSError as err:
+        raise InputError(f"{path}: cannot read manifest: {err}") from err
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable CSV manifest: {err}") from err
+    base = path.resolve().parent
+
+    def resolve(cell: str) -> Path:
+        p = Path(cell).expanduser()
+        return p if p.is_absolute() else base / p
+
+    paired = "path_signal" in columns and "path_target" in columns
+    single = next((c for c in _PATH_COLUMNS if c in columns), None)
+    if not paired and single is None:
+        raise InputError(
+            f"{path}: a manifest needs columns 'path_signal' and 'path_target' (optional 'path_weight_map'), "
+            f"or one file per row in a 'path' (or 'path_czi') column with 'channel_signal'/'channel_target'; "
+            f"found columns {columns}"
+        )
+    rows: list[ManifestRow] = []
+    missing: list[str] = []
+    for n, r in enumerate(raw_rows, start=2):  # line 1 is the header
+        if paired:
+            sig, tgt = r.get("path_signal", ""), r.get("path_target", "")
+            if not sig or not tgt:
+                raise InputError(f"{path}, line {n}: empty path_signal or path_target")
+            wcell = r.get("path_weight_map", "")
+            row = ManifestRow(
+                signal=resolve(sig),
+                target=resolve(tgt),
+                weight=resolve(wcell) if wcell else None,
+                signal_channels=_parse_channels(r.get("channel_signal", "")),
+                target_channels=_parse_channels(r.get("channel_target", "")),
+            )
+        else:
+            assert single is not None
+            cell = r.get(single, "")
+            if not cell:
+                raise InputError(f"{path}, line {n}: empty {single}")
+            wcell = r.get("path_weight_map", "")
+            row = ManifestRow(
+                signal=resolve(cell),
+                weight=resolve(wcell) if wcell else None,
+                signal_channels=_parse_channels(r.get("channel_signal", "")),
+                target_channels=_parse_channels(r.get("channel_target", "")),
+            )
+        for p in (row.signal, row.target, row.weight):
+            if p is not None and not p.is_file():
+                missing.append(f"line {n}: {p}")
+        rows.append(row)
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise InputError(f"{path}: {len(missing)} file(s) listed in the manifest do not exist: "
+                         + "; ".join(missing[:5]) + more)
+    if not rows:
+        raise InputError(f"{path}: the manifest has no rows")
+    return rows
+
+
+def crop_region(x: np.ndarray, region: Mapping[str, Sequence[int]] | None, *, what: str = "image") -> np.ndarray:
+    """Keep ``region`` (``{"y": [start, stop], ...}``, raw pixels) of a channel-first image.
+
+    Raises:
+        InputError: an axis the image does not have, or a region outside the image.
+    """
+    if not region:
+        return x
+    names = _SPATIAL.get(x.ndim - 1)
+    if names is None:
+        raise InputError(f"{what}: expected (C, Y, X) or (C, Z, Y, X), got shape {x.shape}")
+    index: list[slice] = [slice(None)] * x.ndim
+    for axis, bounds in region.items():
+        if axis not in names:
+            raise InputError(f"{what}: region axis {axis!r} but the image axes are {''.join(names).upper()}")
+        start, stop = int(bounds[0]), int(bounds[1])
+        size = x.shape[1 + names.index(axis)]
+        if not (0 <= start < stop <= size):
+            raise InputError(
+                f"{what}: region {axis}=[{start}, {stop}) lies outside the image ({axis} has {size} pixels)"
+            )
+        index[1 + names.index(axis)] = slice(start, stop)
+    return np.ascontiguousarray(x[tuple(index)])
+
+
+def _transform(pipeline: Pipeline, x: np.ndarray, pixel_sizes, what: str) -> np.ndarray:
+    try:
+        y, _ = pipeline.apply(x, pixel_sizes=pixel_sizes)
+    except InputError as err:
+        raise InputError(f"{what}: {err}") from err
+    return y
+
+
+def _geometric(pipeline: Pipeline) -> Pipeline:
+    return Pipeline(steps=tuple(s for s in pipeline.steps if s.is_geometric))
+
+
+def _finish_pair(signal, target, weight, name: str) -> ImagePair:
+    if signal.shape[1:] != target.shape[1:]:
+        raise InputError(
+            f"{name}: after the transforms the signal has spatial shape {tuple(signal.shape[1:])} and the target "
+            f"{tuple(target.shape[1:])}; they must be equal (same grid, or transforms that bring them onto one)"
+        )
+    if weight is not None:
+        if weight.shape[1:] != target.shape[1:]:
+            raise InputError(
+                f"{name}: weight map spatial shape {tuple(weight.shape[1:])} differs from the target's "
+                f"{tuple(target.shape[1:])}"
+            )
+        if weight.shape[0] not in (1, target.shape[0]):
+            raise InputError(
+                f"{name}: weight map has {weight.shape[0]} channels; need 1 or the target's {target.shape[0]}"
+            )
+        weight = np.maximum(weight, 0.0).astype(np.float32, copy=False)
+    return ImagePair(
+        np.ascontiguousarray(signal, np.float32), np.ascontiguousarray(target, np.float32),
+        None if weight is None else np.ascontiguousarray(weight), name,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------
+class PairDataset(abc.ABC):
+    """A sequence of :class:`ImagePair` (base class). Subclasses implement ``__len__`` and ``load``."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of image pairs."""
+
+    @abc.abstractmethod
+    def load(self, index: int) -> ImagePair:
+        """Read and transform pair ``index``."""
+
+    def describe(self, index: int) -> str:
+        return f"item {index}"
+
+    @property
+    def has_weights(self) -> bool:
+        return False
+
+
+class FileDataset(PairDataset):
+    """Pairs read from files (the rows of a manifest), transformed on load.
+
+    Args:
+        rows: manifest rows (:func:`read_manifest`).
+        signal_transforms, target_transforms: applied after the region crop; the weight map
+            gets the target's *geometric* steps only.
+        signal_channels, target_channels: default channel selection (indices or names) when
+            a row has none. A single-file row needs both (from the row or here).
+        signal_axes, target_axes: stored axes of the files (``read_image(axes=...)``).
+        region: ``{"y": [start, stop], ...}`` kept from every raw image.
+        source: the manifest path, for messages.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[ManifestRow],
+        *,
+        signal_transforms: Sequence[Any] | Pipeline = (),
+        target_transforms: Sequence[Any] | Pipeline = (),
+        signal_channels: Sequence[int | str] | None = None,
+        target_channels: Sequence[int | str] | None = None,
+        signal_axes: str | None = None,
+        target_axes: str | None = None,
+        region: Mapping[str, Sequence[int]] | None = None,
+        source: str = "manifest",
+    ):
+        self.rows = list(rows)
+        self.signal_pipeline = _as_pipeline(signal_transforms)
+        self.target_pipeline = _as_pipeline(target_transforms)
+        self.signal_channels = tuple(signal_channels) if signal_channels is not None else None
+        self.target_channels = tuple(target_channels) if target_channels is not None else None
+        self.signal_axes = signal_axes
+        self.target_axes = target_axes
+        self.region = dict(region) if region else None
+        self.source = source
+        for i, row in enumerate(self.rows):
+            if row.target is None:
+                if (row.signal_channels or self.signal_channels) is None or (
+                    row.target_channels or self.target_channels
+                ) is None:
+                    raise ConfigError(
+                        f"{source}: row {i} ({row.signal}) is a single multi-channel file; give its signal and "
+                        f"target channels (columns channel_signal/channel_target, or signal_channels/"
+                        f"target_channels in the dataset config)"
+                    )
+
+    @classmethod
+    def from_config(cls, config, signal_transforms=(), target_transforms=()) -> FileDataset:
+        """Build from a :class:`~labelfree_jax.training.config.DatasetConfig`."""
+        rows = read_manifest(config.manifest)
+        return cls(
+            rows,
+            signal_transforms=signal_transforms,
+            target_transforms=target_transforms,
+            signal_channels=config.signal_channels,
+            target_channels=config.target_channels,
+            signal_axes=config.signal_axes,
+            target_axes=config.target_axes,
+            region=config.region,
+            source=str(config.manifest),
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def describe(self, index: int) -> str:
+        return self.rows[index].name
+
+    @property
+    def has_weights(self) -> bool:
+        return bool(self.rows) and all(r.weight is not None for r in self.rows)
+
+    def load(self, index: int) -> ImagePair:
+        from labelfree_jax.imagefiles import read_image, select_channels  # io reads every format
+
+        row = self.rows[index]
+        name = row.name
+        sig_ch = row.signal_channels or self.signal_channels
+        tgt_ch = row.target_channels or self.target_channels
+        if row.target is None and (self.target_axes or self.signal_axes) == self.signal_axes:
+            whole = read_image(row.signal, axes=self.signal_axes)  # one read for both (CZIs are ~0.5 GB)
+            sig_img, tgt_img = select_channels(whole, sig_ch), select_channels(whole, tgt_ch)
+            del whole
+        elif row.target is None:
+            sig_img = read_image(row.signal, channels=sig_ch, axes=self.signal_axes)
+            tgt_img = read_image(row.signal, channels=tgt_ch, axes=self.target_axes)
+        else:
+            sig_img = read_image(row.signal, channels=sig_ch, axes=self.signal_axes)
+            tgt_img = read_image(row.target, channels=tgt_ch, axes=self.target_axes)
+        weight = None
+        if row.weight is not None:
+            weight = validate_image_array(
+                read_image(row.weight, axes=self.target_axes).data, what=f"weight map {row.weight}"
+            )
+        signal = crop_region(validate_image_array(sig_img.data, what=str(row.signal)), self.region, what=str(row.signal))
+        target = crop_region(
+            validate_image_array(tgt_img.data, what=str(row.target or row.signal)), self.region,
+            what=str(row.target or row.signal),
+        )
+        if weight is not None:
+            weight = crop_region(weight, self.region, what=str(row.weight))
+        signal = _transform(self.signal_pipeline, signal, sig_img.pixel_sizes, f"{row.signal} (signal)")
+        target = _transform(self.target_pipeline, target, tgt_img.pixel_sizes, f"{row.target or row.signal} (target)")
+        if weight is not None:
+            weight = _transform(_geometric(self.target_pipeline), weight, tgt_img.pixel_sizes, f"{row.weight} (weight)")
+        return _finish_pair(signal, target, weight, name)
+
+
+class ArrayDataset(PairDataset):
+    """Pairs from in-memory arrays, transformed on load.
+
+    ``pairs``: a sequence of ``(signal, target)`` or ``(signal, target, weight)``, each
+    channel-first ``(C, *spatial)``. Transforms, region and weights as :class:`FileDataset`.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Sequence[np.ndarray]],
+        *,
+        signal_transforms: Sequence[Any] | Pipeline = (),
+        target_transforms: Sequence[Any] | Pipeline = (),
+        region: Mapping[str, Sequence[int]] | None = None,
+        pixel_sizes: Mapping[str, float] | None = None,
+    ):
+        self.pairs = [tuple(p) for p in pairs]
+        for i, p in enumerate(self.pairs):
+            if len(p) not in (2, 3):
+                raise InputError(f"pair {i}: expected (signal, target) or (signal, target, weight), got {len(p)} items")
+        if not self.pairs:
+            raise InputError("ArrayDataset needs at least one pair")
+        self.signal_pipeline = _as_pipeline(signal_transforms)
+        self.target_pipeline = _as_pipeline(target_transforms)
+        self.region = dict(region) if region else None
+        self.pixel_sizes = dict(pixel_sizes) if pixel_sizes else None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def describe(self, index: int) -> str:
+        return f"array pair {index}"
+
+    @property
+    def has_weights(self) -> bool:
+        return all(len(p) == 3 for p in self.pairs)
+
+    def load(self, index: int) -> ImagePair:
+        name = self.describe(index)
+        p = self.pairs[index]
+        signal = crop_region(validate_image_array(p[0], what=f"{name} signal"), self.region, what=f"{name} signal")
+        target = crop_region(validate_image_array(p[1], what=f"{name} target"), self.region, what=f"{name} target")
+        weight = None
+        if len(p) == 3:
+            weight = crop_region(validate_image_array(p[2], what=f"{name} weight"), self.region, what=f"{name} weight")
+        signal = _transform(self.signal_pipeline, signal, self.pixel_sizes, f"{name} (signal)")
+        target = _transform(self.target_pipeline, target, self.pixel_sizes, f"{name} (target)")
+        if weight is not None:
+            weight = _transform(_geometric(self.target_pipeline), weight, self.pixel_sizes, f"{name} (weight)")
+        return _finish_pair(signal, target, weight, name)
+
+
+class Subset(PairDataset):
+    """The items ``indices`` of ``dataset``, in that order."""
+
+    def __init__(self, dataset: PairDataset, indices: Sequence[int]):
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+        n = len(dataset)
+        bad = [i for i in self.indices if not 0 <= i < n]
+        if bad:
+            raise InputError(f"subset indices {bad[:5]} out of range for a dataset of {n} items")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> ImagePair:
+        return self.dataset.load(self.indices[index])
+
+    def describe(self, index: int) -> str:
+        return self.dataset.describe(self.indices[index])
+
+    @property
+    def has_weights(self) -> bool:
+        return self.dataset.has_weights
+
+
+def _as_pipeline(transforms) -> Pipeline:
+    if isinstance(transforms, Pipeline):
+        return transforms
+    return Pipeline(steps=tuple(transforms))
+
+
+def split_indices(n: int, fraction_second: float, seed: int = 42) -> tuple[list[int], list[int]]:
+    """Split ``range(n)`` into ``(first, second)`` with ``round(n * (1 - fraction_second))`` first.
+
+    The same procedure as the original fnet ``split_dataset.py`` (``pandas.sample(frac=1,
+    random_state=RandomState(seed))`` is ``RandomState(seed).permutation(n)``): shuffle with
+    the seed, the first part is the training set.
+    """
+    if not 0 <= fraction_second < 1:
+        raise ConfigError(f"split fraction must lie in [0, 1), got {fraction_second}")
+    perm = np.random.RandomState(seed).permutation(n)
+    n_first = int(round(n * (1.0 - fraction_second)))
+    return [int(i) for i in perm[:n_first]], [int(i) for i in perm[n_first:]]
+
+
+# --------------------------------------------------------------------------------------------
+# the patch loader
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    """A batch of patches, channel-first.
+
+    Attributes:
+        signal: ``(B, C_in, *patch_shape)`` float32 (numpy, or whatever ``transfer`` made of it).
+        target: ``(B, C_out, *patch_shape)``.
+        weight: ``(B, 1 or C_out, *patch_shape)`` or None.
+        first_patch: global index of the batch's first patch.
+    """
+
+    signal: Any
+    target: Any
+    weight: Any
+    first_patch: int
+
+
+_PATCH_STREAM = 0x7061746368  # "patch": separates the patch and the image-order random streams
+_ORDER_STREAM = 0x6F72646572  # "order"
+
+
+@dataclass
+class _Stats:
+    patches: int = 0
+    produce_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    images_loaded: int = 0
+    load_seconds: float = 0.0
+    batches_consumed: int = 0
+
+
+class PatchLoader:
+    """Random paired patches from a buffer of images (see the module docstring).
+
+    Args:
+        dataset: a :class:`PairDataset`.
+        patch_shape: spatial patch, ``(Z, Y, X)`` or ``(Y, X)``.
+        batch_size: patches per (global) batch.
+        buffer_size: images held in memory (capped at ``len(dataset)``).
+        buffer_switch_interval: replace the oldest buffer image after every this many
+            patches (``<= 0``: never).
+        shuffle_images: order of images entering the buffer: a new random permutation per
+            pass (True) or dataset order (False).
+        flip: random flip of each spatial axis (p = 0.5).
+        rotate90: random rotation by k * 90° in the y-x plane (k uniform in 0..3); when the
+            patch is not square in y-x, the window is taken with y and x swapped so the
+            rotated patch has ``patch_shape`` (an image too small for that uses k in {0, 2}).
+        seed: the seed of every random choice.
+        start_patch: global index of the first patch (resume: the saved :meth:`state`).
+        prefetch: batches built ahead by the background thread (0: build in ``__next__``).
+        process_index, process_count: multi-host data parallelism: this process builds rows
+            ``[i * B / n, (i + 1) * B / n)`` of every global batch.
+        transfer: called on each finished :class:`Batch` in the background thread (e.g. to
+            put it on the devices); its result is what iteration yields.
+        use_weights: deliver the weight maps (when the dataset has them); False drops them.
+
+    Raises:
+        InputError: an image smaller than the patch (the message names it), or a dataset
+            that cannot be read.
+    """
+
+    def __init__(
+        self,
+        dataset: PairDataset,
+        *,
+        patch_shape: Sequence[int],
+        batch_size: int,
+        buffer_size: int = 1,
+        buffer_switch_interval: int = -1,
+        shuffle_images: bool = True,
+        flip: bool = False,
+        rotate90: bool = False,
+        seed: int = 0,
+        start_patch: int = 0,
+        prefetch: int = 2,
+        process_index: int = 0,
+        process_count: int = 1,
+        transfer: Callable[[Batch], Any] | None = None,
+        use_weights: bool = True,
+    ):
+        if len(dataset) == 0:
+            raise InputError("the training dataset is empty")
+        self.dataset = dataset
+        self.patch_shape = tuple(int(s) for s in patch_shape)
+        if len(self.patch_shape) not in (2, 3) or min(self.patch_shape) < 1:
+            raise ConfigError(f"patch_shape must have 2 or 3 positive sides, got {patch_shape}")
+        self.ndim = len(self.patch_shape)
+        if batch_size < 1 or batch_size % process_count:
+            raise ConfigError(f"batch_size {batch_size} must be a positive multiple of the process count {process_count}")
+        self.batch_size = int(batch_size)
+        self.local_batch = self.batch_size // process_count
+        self.row_offset = process_index * self.local_batch
+        self.buffer_size = min(int(buffer_size), len(dataset))
+        self.switch_interval = int(buffer_switch_interval)
+        self.shuffle_images = bool(shuffle_images)
+        self.flip = bool(flip)
+        self.rotate90 = bool(rotate90)
+        self.seed = int(seed)
+        self.next_patch = int(start_patch)  # next patch the consumer will receive
+        self.prefetch = int(prefetch)
+        self.transfer = transfer
+        self.use_weights = bool(use_weights)
+        self.stats = _Stats()
+        self._epoch_orders: dict[int, np.ndarray] = {}
+        self._cache: dict[int, ImagePair] = {}
+        self._loading: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patch-loader-images")
+        self._queue: queue.Queue = queue.Queue(maxsize=max(self.prefetch, 1))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._produce_from = self.next_patch
+        self._started = False
+        self._first_buffer: list[ImagePair] = []
+
+    # ---------------------------------------------------------------- deterministic schedule
+    def _order(self, epoch: int) -> np.ndarray:
+        """Image order of pass ``epoch`` over the dataset (a pure function of seed and epoch)."""
+        with self._lock:
+            order = self._epoch_orders.get(epoch)
+            if order is None:
+                n = len(self.dataset)
+                if self.shuffle_images:
+                    order = np.random.default_rng((self.seed, _ORDER_STREAM, epoch)).permutation(n)
+                else:
+                    order = np.arange(n)
+                self._epoch_orders[epoch] = order
+                if len(self._epoch_orders) > 4:
+                    self._epoch_orders.pop(min(self._epoch_orders))
+            return order
+
+    def insertion_index(self, insertion: int) -> int:
+        """Dataset index of the ``insertion``-th image entering the buffer (0-based)."""
+        n = len(self.dataset)
+        return int(self._order(insertion // n)[insertion % n])
+
+    def window_start(self, patch: int) -> int:
+        """Insertion number of the oldest buffer image when patch ``patch`` is drawn."""
+        if self.switch_interval <= 0:
+            return 0
+        return patch // self.switch_interval
+
+    def buffer_at(self, patch: int) -> list[int]:
+        """Dataset indices in the buffer when patch ``patch`` is drawn, oldest first."""
+        w = self.window_start(patch)
+        return [self.insertion_index(w + j) for j in range(self.buffer_size)]
+
+    def first_buffer(self) -> list[ImagePair]:
+        """The images of the buffer loaded by :meth:`start` (oldest first), for checks."""
+        return list(self._first_buffer)
+
+    def state(self) -> dict[str, int]:
+        """What a resumed loader needs: ``{"seed", "next_patch"}`` (patches handed out so far)."""
+        return {"seed": self.seed, "next_patch": self.next_patch}
+
+    # ---------------------------------------------------------------- images
+    def _load(self, index: int) -> ImagePair:
+        t0 = time.perf_counter()
+        pair = self.dataset.load(index)
+        small = [
+            f"{n} {s} < {p}" for n, s, p in zip(_SPATIAL[self.ndim], pair.spatial_shape, self.patch_shape) if s < p
+        ]
+        if len(pair.spatial_shape) != self.ndim:
+            raise InputError(
+                f"{self.dataset.describe(index)}: the image has {len(pair.spatial_shape)} spatial axes "
+                f"(shape {pair.spatial_shape}) but patches are {self.ndim}D {self.patch_shape}"
+            )
+        if small:
+            raise InputError(
+                f"{self.dataset.describe(index)}: the image (after transforms) has spatial shape {pair.spatial_shape}, "
+                f"smaller than the patch shape {self.patch_shape} ({', '.join(small)}); use a smaller patch_shape "
+                f"or drop this image"
+            )
+        with self._lock:
+            self.stats.images_loaded += 1
+            self.stats.load_seconds += time.perf_counter() - t0
+        log.info("buffered %s (%s)", self.dataset.describe(index), pair.spatial_shape)
+        return pair
+
+    def _get_image(self, index: int) -> ImagePair:
+        pair = self._cache.get(index)
+        if pair is not None:
+            return pair
+        fut = self._loading.pop(index, None)
+        pair = fut.result() if fut is not None else self._load(index)
+        self._cache[index] = pair
+        return pair
+
+    def _prepare_window(self, patch: int) -> list[int]:
+        """Make sure the buffer for ``patch`` is loaded; evict the rest; preload the next image."""
+        w = self.window_start(patch)
+        needed = [self.insertion_index(w + j) for j in range(self.buffer_size)]
+        for idx in list(self._cache):
+            if idx not in needed:
+                del self._cache[idx]
+        for idx in needed:
+            self._get_image(idx)
+        if self.switch_interval > 0:
+            upcoming = self.insertion_index(w + self.buffer_size)
+            if upcoming not in self._cache and upcoming not in self._loading:
+                self._loading = {k: f for k, f in self._loading.items() if not f.done() or k == upcoming}
+                self._loading[upcoming] = self._pool.submit(self._load, upcoming)
+        return needed
+
+    # ---------------------------------------------------------------- patches
+    def _patch(self, p: int):
+        """Signal, target, weight patches of global patch ``p`` (channel-first, contiguous)."""
+        needed = self._prepare_window(p)
+        rng = np.random.default_rng((self.seed, _PATCH_STREAM, p))
+        slot = int(rng.integers(self.buffer_size))
+        pair = self._cache[needed[slot]]
+        k = int(rng.integers(4)) if self.rotate90 else 0
+        window = list(self.patch_shape)
+        if k % 2:
+            window[-2], window[-1] = window[-1], window[-2]
+            if any(s < w for s, w in zip(pair.spatial_shape, window)):
+                k -= 1  # the swapped window does not fit: rotate by 0 or 180 degrees instead
+                window = list(self.patch_shape)
+        starts = [int(rng.integers(0, s - w + 1)) for s, w in zip(pair.spatial_shape, window)]
+        flips = (rng.random(self.ndim) < 0.5) if self.flip else np.zeros(self.ndim, bool)
+        sl = (slice(None),) + tuple(slice(a, a + w) for a, w in zip(starts, window))
+        out = []
+        for arr in (pair.signal, pair.target, pair.weight if self.use_weights else None):
+            if arr is None:
+                out.append(None)
+                continue
+            x = arr[sl]
+            axes = tuple(1 + i for i in range(self.ndim) if flips[i])
+            if axes:
+                x = np.flip(x, axes)
+            if k:
+                x = np.rot90(x, k, axes=(-2, -1))
+            out.append(x)
+        return out
+
+    def _build(self, first: int) -> Batch:
+        """The local rows of the global batch whose first patch is ``first``."""
+        t0 = time.perf_counter()
+        sig = tgt = wgt = None
+        for row in range(self.local_batch):
+            s, t, w = self._patch(first + self.row_offset + row)
+            if sig is None:
+                sig = np.empty((self.local_batch, *s.shape), np.float32)
+                tgt = np.empty((self.local_batch, *t.shape), np.float32)
+                wgt = None if w is None else np.empty((self.local_batch, *w.shape), np.float32)
+            sig[row] = s
+            tgt[row] = t
+            if wgt is not None:
+                wgt[row] = w
+        batch = Batch(sig, tgt, wgt, first)
+        with self._lock:
+            self.stats.patches += self.local_batch
+            self.stats.produce_seconds += time.perf_counter() - t0
+        return batch
+
+    # ---------------------------------------------------------------- threading
+    def _producer(self) -> None:
+        first = self._produce_from
+        try:
+            while not self._stop.is_set():
+                batch = self._build(first)
+                item = self.transfer(batch) if self.transfer is not None else batch
+                first += self.batch_size
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # handed to the consumer, raised there
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(_Failure(err), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def start(self) -> PatchLoader:
+        """Load the first buffer (in this thread, so bad data fails here) and start the producer."""
+        if self._started:
+            return self
+        self._started = True
+        needed = self._prepare_window(self.next_patch)
+        self._first_buffer = [self._cache[i] for i in needed]
+        if self.prefetch > 0:
+            self._thread = threading.Thread(target=self._producer, name="patch-loader", daemon=True)
+            self._thread.start()
+        return self
+
+    def __iter__(self) -> PatchLoader:
+        return self.start()
+
+    def __next__(self):
+        if not self._started:
+            self.start()
+        t0 = time.perf_counter()
+        if self._thread is None:
+            batch = self._build(self.next_patch)
+            item = self.transfer(batch) if self.transfer is not None else batch
+        else:
+            item = self._queue.get()
+            if isinstance(item, _Failure):
+                self.close()
+                raise item.error
+        self.stats.wait_seconds += time.perf_counter() - t0
+        self.stats.batches_consumed += 1
+        self.next_patch += self.batch_size
+        return item
+
+    def close(self) -> None:
+        """Stop the background threads (idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> PatchLoader:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        # ``_stop`` is missing when __init__ failed early; then there is no thread to stop
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+    @property
+    def patches_per_second(self) -> float:
+        """Patches the producer makes per second of its own busy time (its capacity)."""
+        s = self.stats
+        return s.patches / s.produce_seconds if s.produce_seconds > 0 else math.inf
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+# --------------------------------------------------------------------------------------------
+# fixed patches (validation) and throughput measurement
+# --------------------------------------------------------------------------------------------
+def sample_patches(
+    dataset: PairDataset,
+    *,
+    patch_shape: Sequence[int],
+    n_patches: int,
+    seed: int = 0,
+    max_images: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A fixed set of patches (no augmentation), spread round-robin over the first images.
+
+    Loads ``min(len(dataset), max_images)`` images one at a time. Returns ``signal``
+    ``(N, C_in, *patch_shape)``, ``target`` ``(N, C_out, *patch_shape)`` and ``weight`` or None.
+
+    Raises:
+        InputError: an image smaller than the patch.
+    """
+    patch_shape = tuple(int(s) for s in patch_shape)
+    nd = len(patch_shape)
+    n_images = min(len(dataset), max_images or len(dataset))
+    if n_images == 0:
+        raise InputError("the validation dataset is empty")
+    rng = np.random.default_rng((seed, _PATCH_STREAM, 0xA11DA7E))
+    per_image = [n_patches // n_images + (1 if i < n_patches % n_images else 0) for i in range(n_images)]
+    sig, tgt, wgt = [], [], []
+    for i in range(n_images):
+        if per_image[i] == 0:
+            continue
+        pair = dataset.load(i)
+        shape = pair.spatial_shape
+        if len(shape) != nd or any(s < p for s, p in zip(shape, patch_shape)):
+            raise InputError(
+                f"{dataset.describe(i)}: the image (after transforms) has spatial shape {shape}, smaller than "
+                f"the patch shape {patch_shape}"
+            )
+        for _ in range(per_image[i]):
+            starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch_shape)]
+            sl = (slice(None),) + tuple(slice(a, a + p) for a, p in zip(starts, patch_shape))
+            sig.append(pair.signal[sl])
+            tgt.append(pair.target[sl])
+            if pair.weight is not None:
+                wgt.append(pair.weight[sl])
+    weights = np.stack(wgt).astype(np.float32) if wgt and len(wgt) == len(sig) else None
+    return np.stack(sig).astype(np.float32), np.stack(tgt).astype(np.float32), weights
+
+
+def measure_loader(loader: PatchLoader, n_batches: int = 20) -> dict[str, float]:
+    """Drain ``n_batches`` from a started loader without training; returns patches/s figures.
+
+    ``patches_per_s``: patches received per wall second by a consumer that does nothing
+    else (the loader's deliverable rate, threads included); ``producer_patches_per_s``: the
+    producer's rate over its own busy time.
+    """
+    loader.start()
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        next(loader)
+    dt = time.perf_counter() - t0
+    return {
+        "patches_per_s": n_batches * loader.batch_size / dt if dt > 0 else math.inf,
+        "producer_patches_per_s": loader.patches_per_second,
+        "seconds": dt,
+    }
