@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from labelfree_jax.core.atomic import atomic_write_text
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.imagefiles import read_image, write_ome_tiff
+from labelfree_jax.imagefiles.manifest import read_manifest
 from labelfree_jax.inference.tiling import BLEND_KINDS, predict_tiled, resolve_overlap
 from labelfree_jax.transforms import Pipeline, validate_image_array
 
@@ -482,34 +483,6 @@ def _expand_one(item: str | os.PathLike) -> list[Path]:
     return [p]
 
 
-def _manifest_path(value: str, csv_path: Path) -> Path:
-    p = Path(value)
-    if p.is_absolute():
-        return p
-    beside = csv_path.parent / p
-    return beside if beside.exists() or not p.exists() else p
-
-
-def _read_manifest(path: Path) -> list[tuple[Path, Path | None]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise InputError(f"{path}: cannot read manifest: {err}") from err
-    reader = csv.DictReader(_stdio.StringIO(text))
-    if not reader.fieldnames or "path_signal" not in reader.fieldnames:
-        raise InputError(f"{path}: a manifest needs a 'path_signal' column; found {reader.fieldnames}")
-    out = []
-    for i, row in enumerate(reader, start=2):
-        sig = (row.get("path_signal") or "").strip()
-        if not sig:
-            raise InputError(f"{path}, line {i}: empty path_signal")
-        tgt = (row.get("path_target") or "").strip()
-        out.append((_manifest_path(sig, path), _manifest_path(tgt, path) if tgt else None))
-    if not out:
-        raise InputError(f"{path}: the manifest lists no images")
-    return out
-
-
 def expand_inputs(inputs, target=None) -> list[tuple[Path, Path | None]]:
     """The ``(signal, target or None)`` pairs named by ``inputs`` (and ``target``), in order.
 
@@ -528,7 +501,8 @@ def expand_inputs(inputs, target=None) -> list[tuple[Path, Path | None]]:
     for item in items:
         text = os.fspath(item)
         if text.lower().endswith(".csv") and not _has_magic(text):
-            pairs.extend(_read_manifest(Path(text)))
+            pairs.extend((row.signal, row.target)
+                         for row in read_manifest(text, require_target=False, check_files=False))
         else:
             pairs.extend((p, None) for p in _expand_one(text))
     if target is not None:
