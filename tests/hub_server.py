@@ -485,15 +485,26 @@ def set_offline(monkeypatch, offline: bool) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
 
 
+# The real socket functions, taken once when this module is imported. Every guard wraps
+# these, never the functions it finds installed: a second guard in one test (say, offline
+# without loopback, then online with it) must replace the first, not wrap it, or loopback
+# stays blocked whenever a new connection is needed (a pooled keep-alive connection hid this
+# on an idle machine; on a busy one the test failed).
+_REAL_CONNECT = socket.socket.connect
+_REAL_CONNECT_EX = socket.socket.connect_ex
+_REAL_CREATE_CONNECTION = socket.create_connection
+
+
 def guard_sockets(monkeypatch, *, allow_loopback: bool = True) -> list:
     """Make every outgoing connection fail, except to loopback when ``allow_loopback``.
 
+    Calling it again in the same test replaces the previous guard (it does not stack).
     Returns the list of blocked addresses (tests assert on it).
     """
     blocked: list = []
-    real_connect = socket.socket.connect
-    real_connect_ex = socket.socket.connect_ex
-    real_create = socket.create_connection
+    real_connect = _REAL_CONNECT
+    real_connect_ex = _REAL_CONNECT_EX
+    real_create = _REAL_CREATE_CONNECTION
 
     def allowed(address) -> bool:
         host = address[0] if isinstance(address, tuple) else address
