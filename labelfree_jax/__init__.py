@@ -80,7 +80,6 @@ _MOVED = {
     "metrics": "labelfree_jax.evaluation.metrics",
     "plots": "labelfree_jax.evaluation.plots",
     "report": "labelfree_jax.evaluation.report",
-    "hub": "labelfree_jax.hub",
     "allen_data": "labelfree_jax.hub.allen_data",
     "synthetic": "labelfree_jax.demo.synthetic",
 }

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "TEMP_PATTERN"]
+__all__ = ["TEMP_PATTERN", "atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temporaries"]
 
 log = logging.getLogger(__name__)
 

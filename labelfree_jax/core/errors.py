@@ -8,10 +8,10 @@ so callers (and the CLI) can report it without a traceback from deep inside JAX.
 from __future__ import annotations
 
 __all__ = [
-    "LabelfreeError",
-    "InputError",
     "ConfigError",
+    "InputError",
     "IntegrityError",
+    "LabelfreeError",
     "ModelNotAvailableError",
 ]
 

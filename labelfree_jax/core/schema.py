@@ -12,19 +12,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from labelfree_jax.core.errors import ConfigError
 
 __all__ = [
-    "StrictModel",
-    "PixelSizes",
-    "check_pixel_sizes",
-    "parse_model",
-    "load_model",
-    "read_json",
     "MAX_CONFIG_BYTES",
     "MAX_JSON_DEPTH",
+    "PixelSizes",
+    "StrictModel",
+    "check_pixel_sizes",
+    "load_model",
+    "parse_model",
+    "read_json",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,6 +51,8 @@ def check_pixel_sizes(value: Mapping[str, float] | None) -> dict[str, float] | N
     """
     if value is None:
         return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"pixel sizes must be an object {{'z': µm, 'y': µm, 'x': µm}}, got {value!r}")  # noqa: TRY004 (pydantic validators raise ValueError)
     bad = sorted(set(value) - set(SPATIAL_AXES))
     if bad:
         raise ValueError(f"pixel size keys must be z, y, x; got {bad}")
@@ -60,8 +62,9 @@ def check_pixel_sizes(value: Mapping[str, float] | None) -> dict[str, float] | N
     return {k: float(v) for k, v in value.items()}
 
 
-#: A pydantic field type for pixel sizes in µm (validated by :func:`check_pixel_sizes`).
-PixelSizes = Annotated[dict[str, float], AfterValidator(check_pixel_sizes)]
+#: A pydantic field type for pixel sizes in µm (validated by :func:`check_pixel_sizes` before any
+#: coercion, so ``true`` or ``"0.29"`` is refused rather than read as a number).
+PixelSizes = Annotated[dict[str, float], BeforeValidator(check_pixel_sizes)]
 
 
 def _json_depth_ok(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -107,14 +110,16 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors())
 
 
-def parse_model(model: type[M], data: str | bytes | Mapping[str, Any], *, source: str = "config") -> M:
-    """Parse JSON text (or an already-decoded mapping) into ``model``.
+def parse_model(model: type[M], data: Any, *, source: str = "config") -> M:
+    """Parse JSON text (or already-decoded JSON, e.g. a dict) into ``model``.
 
     Raises:
         ConfigError: naming ``source``: too large, too deeply nested, malformed JSON, or
             invalid content (every pydantic problem listed as ``field.path: message``).
     """
-    obj = dict(data) if isinstance(data, Mapping) else _loads(data, source)
+    obj = _loads(data, source) if isinstance(data, str | bytes) else data
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{source}: a {model.__name__} must be a JSON object, not {type(obj).__name__}")
     try:
         return model.model_validate(obj)
     except ValidationError as err:
