@@ -72,7 +72,7 @@ _MOVED = {
     "model": "labelfree_jax.models.fnet",
     "package": "labelfree_jax.inference.model",
     "convert": "labelfree_jax.compat.convert",
-    "data": "labelfree_jax.training.data",
+    "data": "labelfree_jax.training",
     "train_config": "labelfree_jax.training.config",
     "train": "labelfree_jax.training",
     "tiling": "labelfree_jax.inference.tiling",

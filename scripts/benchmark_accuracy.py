@@ -154,18 +154,11 @@ def write_run_config(name: str, spec: dict, work: Path) -> Path:
     return path
 
 
-def _crop(x: np.ndarray, region: dict) -> np.ndarray:
-    axes = {"z": -3, "y": -2, "x": -1}
-    index = [slice(None)] * x.ndim
-    for axis, (start, stop) in region.items():
-        index[axes[axis]] = slice(start, stop)
-    return x[tuple(index)]
-
-
 def evaluate_run(name: str, spec: dict, package_dir: Path, tta: bool = False) -> list[dict]:
     from labelfree_jax.evaluation import metrics
     from labelfree_jax.imagefiles import read_image
     from labelfree_jax.inference.model import load_package
+    from labelfree_jax.training.datasets import crop_region
 
     model = load_package(package_dir)
     signal = read_image(spec["signal"], axes=spec["signal_axes"]).data.astype(np.float32)
@@ -173,10 +166,11 @@ def evaluate_run(name: str, spec: dict, package_dir: Path, tta: bool = False) ->
     t0 = time.perf_counter()
     prediction = model.predict(signal, progress=False, tta=tta)
     predict_seconds = time.perf_counter() - t0
+    pred_tests = crop_region(prediction, spec["test_region"], what=f"{name} prediction")
+    target_tests = crop_region(target, spec["test_region"], what=str(spec["target"]))
     rows = []
     for c, target_name in enumerate(spec["targets"]):
-        pred_test = _crop(prediction[c], spec["test_region"])
-        target_test = _crop(target[c], spec["test_region"])
+        pred_test, target_test = pred_tests[c], target_tests[c]
         # SSIM / NRMSE depend on units: compare z-scored images (the prediction is in z-units).
         z = lambda a: (a - a.mean()) / a.std()
         m = metrics.evaluate(z(pred_test), z(target_test))
@@ -185,8 +179,8 @@ def evaluate_run(name: str, spec: dict, package_dir: Path, tta: bool = False) ->
                      "nrmse": m["nrmse"], "whole_r": whole, "predict_seconds": predict_seconds})
     if name == "allen_fnet2017_crop":
         original = read_image(DATA / name / "fnet2017_prediction.tif").data.astype(np.float32)
-        rows[0]["original_2017_r"] = metrics.pearson_r(_crop(original[0], spec["test_region"]),
-                                                       _crop(target[0], spec["test_region"]))
+        original_test = crop_region(original, spec["test_region"], what=f"{name} fnet2017_prediction.tif")
+        rows[0]["original_2017_r"] = metrics.pearson_r(original_test[0], target_tests[0])
     return rows
 
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from labelfree_jax.hub import client as hub, zoo
+    from labelfree_jax.hub import zoo
+    from labelfree_jax.hub.client import file_record
 
     definition_dir = Path(args.zoo_dir) / args.name
     try:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="labelfree-publish-") as tmp:
                 out = zoo.stage_zoo_model(definition_dir, args.package,
                                           Path(args.staging_dir) if args.staging_dir else Path(tmp), repo_id=args.repo)
-                files = {p.name: hub.file_record(p).model_dump() for p in sorted(out.iterdir()) if p.is_file()}
+                files = {p.name: file_record(p).model_dump() for p in sorted(out.iterdir()) if p.is_file()}
             print(json.dumps({"name": args.name, "dry_run": True, "files": files}, indent=2))
             return 0
         result, entry = zoo.publish_zoo_model(

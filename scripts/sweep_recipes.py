@@ -3,7 +3,7 @@
 
 Each recipe is a dataset name plus overrides of that dataset's benchmark run config
 (deep-merged: ``{"steps": 3000, "augmentation": {"flip": false}}``). Every recipe trains in
-this process with :func:`labelfree_jax.training.train.train` from the run config the benchmark would
+this process with :func:`labelfree_jax.training.train` from the run config the benchmark would
 write, and is evaluated as the benchmark does (also with flip test-time augmentation), by default on
 a *selection split* inside the benchmark's train region (``SELECTION_SPLITS``), so that
 choosing a recipe never looks at the test split. Meant for a fast machine (a GPU) to choose the recipe that the
@@ -53,8 +53,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def run_recipe(recipe: dict, work: Path, selection: bool = True) -> list[dict]:
-    from labelfree_jax.training.config import load_run_config
-    from labelfree_jax.training.train import train
+    from labelfree_jax.training import load_run_config, train
 
     spec = bench._dataset_specs(1e6)[recipe["dataset"]]
     spec["config"] = deep_merge(spec["config"], recipe.get("config", {}))
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
     for recipe in recipes:
         try:
             rows = run_recipe(recipe, args.work, selection=not args.test_split)
-        except Exception as exc:  # one failing recipe must not stop the sweep
+        except Exception as exc:  # noqa: BLE001 - one failing recipe must not stop the sweep
             print(f"{recipe['name']}: FAILED {type(exc).__name__}: {exc}", flush=True)
             continue
         results += rows

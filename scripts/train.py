@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 try:
-    import labelfree_jax
+    import labelfree_jax  # noqa: F401 - only: is the package importable?
 except ImportError:  # running from a source checkout without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -42,7 +42,7 @@ def test_layers_contract_is_kept():
     ("core/errors.py", "labelfree_jax.cli"),                     # the lowest layer importing the top
     ("models/fnet.py", "labelfree_jax.inference.tiling"),        # a model importing inference
     ("training/config.py", "labelfree_jax.inference.predict"),   # two siblings that must stay independent
-    ("evaluation/plots.py", "labelfree_jax.training.train"),     # evaluation importing training
+    ("evaluation/plots.py", "labelfree_jax.training.fit"),       # evaluation importing training
 ])
 def test_layers_contract_catches_an_upward_import(tmp_path, module, upward):
     shutil.copytree(PACKAGE, tmp_path / "labelfree_jax", ignore=shutil.ignore_patterns("__pycache__"))

@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 
 def _minutes(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 

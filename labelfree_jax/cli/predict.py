@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 
 def _number(text: str) -> int | float:
@@ -18,13 +17,14 @@ def _number(text: str) -> int | float:
 
 
 def _shard(text: str) -> tuple[int, int]:
+    """``--shard i/n``, read by :func:`labelfree_jax.inference.batch.parse_shard`."""
+    from labelfree_jax.core.errors import InputError
+    from labelfree_jax.inference.batch import parse_shard
+
     try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shard must be i/n (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"shard i/n needs 0 <= i < n, got {text!r}")
-    return i, n
+        return parse_shard(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def register(subparsers) -> None:
@@ -65,18 +65,15 @@ def register(subparsers) -> None:
 
 
 def _load_model(name_or_dir: str):
-    if importlib.util.find_spec("labelfree_jax.hub.zoo") is not None:
-        from labelfree_jax.hub import zoo
+    """A zoo model name or a package folder (:func:`labelfree_jax.hub.zoo.load` takes both)."""
+    from labelfree_jax.hub import zoo
 
-        return zoo.load(name_or_dir)
-    from labelfree_jax.inference.model import load_package
-
-    return load_package(name_or_dir)
+    return zoo.load(name_or_dir)
 
 
 def run(args: argparse.Namespace) -> int:
     from labelfree_jax.core.errors import InputError
-    from labelfree_jax.inference.predict import predict_files, resolve_shard, summary_path
+    from labelfree_jax.inference.batch import predict_files, summary_path
 
     inputs = list(args.inputs)
     if args.manifest:
@@ -103,6 +100,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     n_bad = sum(not r.ok for r in records)
-    where = summary_path(args.out, resolve_shard(args.shard))
+    where = summary_path(args.out, args.shard)
     print(f"{len(records) - n_bad} of {len(records)} image(s) predicted, {n_bad} failed; summary: {where}")
     return 1 if n_bad else 0

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     from labelfree_jax.core.atomic import atomic_write_text
     from labelfree_jax.core.errors import ConfigError, InputError
-    from labelfree_jax.hub import client as hub
+    from labelfree_jax.hub import publish
+    from labelfree_jax.hub.client import file_record
 
     if args.update_zoo and not args.zoo:
         raise ConfigError("--update-zoo needs --zoo ZOO_DIR")
@@ -84,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
 
                 zoo.stage_zoo_model(args.zoo, args.package, out, repo_id=args.repo)
             else:
-                hub.stage_package(args.package, out, repo_id=args.repo, license=args.license,
-                                  license_name=args.license_name, datasets=args.dataset, card_text=card_text)
-            files = {p.name: hub.file_record(p).model_dump() for p in sorted(out.iterdir()) if p.is_file()}
+                publish.stage_package(args.package, out, repo_id=args.repo, license=args.license,
+                                      license_name=args.license_name, datasets=args.dataset, card_text=card_text)
+            files = {p.name: file_record(p).model_dump() for p in sorted(out.iterdir()) if p.is_file()}
         print(json.dumps({"dry_run": True, "files": files}, indent=2))
         return 0
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         name = zoo.load_definition(args.zoo).name
         payload = {"name": name, "entry": entry.model_dump(mode="json"), "result": result.to_dict()}
     else:
-        result = hub.publish_package(
+        result = publish.publish_package(
             args.package, args.repo, tag=args.tag, private=args.private, endpoint=args.endpoint, token=args.token,
             staging_dir=args.staging_dir, license=args.license, license_name=args.license_name,
             datasets=args.dataset, card_text=card_text,
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         from labelfree_jax.hub import zoo
         from labelfree_jax.inference.model import load_package
 
-        config = load_package(hub.resolve_package_dir(args.package)).config
+        config = load_package(publish.resolve_package_dir(args.package)).config
         entry = zoo.entry_from_publish(result, config, modality=args.modality)
         payload = {"name": config.name, "entry": entry.model_dump(mode="json"), "result": result.to_dict()}
     text = json.dumps(payload, indent=2)

@@ -54,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from labelfree_jax.training.config import load_run_config
-    from labelfree_jax.training.train import initialize_distributed, train
+    from labelfree_jax.training import initialize_distributed, load_run_config, train
 
     if getattr(args, "verbose", 0) < 2:  # orbax logs every checkpoint step at INFO through absl
         logging.getLogger("absl").setLevel(logging.WARNING)

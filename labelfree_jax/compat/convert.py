@@ -9,12 +9,11 @@ Two checkpoint layouts exist:
 
 Files are read with ``torch.load(weights_only=True)`` (no arbitrary unpickling). The
 transform strings of ``train_options.json`` are parsed, never evaluated
-(:func:`labelfree_jax.transforms.parse_fnet_transform`). torch is needed only here.
+(:func:`labelfree_jax.compat.fnet_transforms.parse_fnet_transform`). torch is needed only here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -23,18 +22,19 @@ from typing import Any
 
 import numpy as np
 
+from labelfree_jax.compat.fnet_transforms import parse_fnet_transform
 from labelfree_jax.core.errors import ConfigError, InputError
+from labelfree_jax.core.schema import read_json
 from labelfree_jax.inference.model import Model
 from labelfree_jax.models.config import NetworkConfig, PackageConfig
 from labelfree_jax.models.package import check_variables, save_package, unflatten_variables
-from labelfree_jax.transforms import parse_fnet_transform
 
 __all__ = [
-    "state_dict_to_variables",
+    "convert_fnet_checkpoint",
     "network_config_from_checkpoint",
     "read_fnet_checkpoint",
+    "state_dict_to_variables",
     "transforms_from_train_options",
-    "convert_fnet_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,12 +147,16 @@ def read_fnet_checkpoint(path: str | Path) -> tuple[NetworkConfig, dict, dict]:
 
 
 def transforms_from_train_options(path: str | Path) -> dict[str, Any]:
-    """``transform_signal`` / ``transform_target`` (and pixel/channel info) from train_options.json."""
+    """``transform_signal`` / ``transform_target`` from train_options.json, as typed transforms.
+
+    Raises:
+        ConfigError: the file cannot be read, is not a JSON object, or holds a transform
+            string that is not supported (the message names the file).
+    """
     path = Path(path)
-    try:
-        options = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read train options: {err}") from err
+    options = read_json(path, what="train options")
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: train options must be a JSON object; got {type(options).__name__}")
 
     def parse(value: Any) -> tuple:
         if value is None:

@@ -5,13 +5,14 @@
 1. **data** -- synthetic bright-field / DNA-fluorescence pairs of cells with nuclei
    (:mod:`labelfree_jax.demo.synthetic`, seeded): several training volumes and one held-out volume.
    With ``signal``/``target`` files instead, one image pair is read
-   (:func:`labelfree_jax.imagefiles.read.read_image`) and split in space (:func:`spatial_split`): the
-   last quarter of its longest in-plane axis is held out, a gap of 1/16 of that axis keeps
-   the training region from touching it;
-2. **train** a small fnet U-Net (:func:`labelfree_jax.training.train.train`) for a bounded number
+   (:func:`labelfree_jax.imagefiles.read.read_image`) and split in space
+   (:func:`~labelfree_jax.demo.data.spatial_split`): the last quarter of its longest in-plane
+   axis is held out, a gap of 1/16 of that axis keeps the training region from touching it
+   (:mod:`labelfree_jax.demo.data`);
+2. **train** a small fnet U-Net (:func:`labelfree_jax.training.train`) for a bounded number
    of steps and seconds; the run directory ends with a model package;
 3. **reload** that package through :func:`labelfree_jax.hub.zoo.load` (as any user would);
-4. **predict** the held-out volume tile by tile (:meth:`labelfree_jax.models.package.Model.predict`)
+4. **predict** the held-out volume tile by tile (:meth:`labelfree_jax.inference.model.Model.predict`)
    and write signal, observed target and prediction as OME-TIFFs;
 5. **report** (:func:`labelfree_jax.evaluation.report.write_report`): figures, a toggle GIF, metrics
    (Pearson r, C_max ...) and ``report.md``.
@@ -40,7 +41,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,17 @@ import numpy as np
 
 from labelfree_jax.core.atomic import atomic_write_text
 from labelfree_jax.core.errors import InputError
-from labelfree_jax.models.config import NetworkConfig
+from labelfree_jax.demo.data import DemoData, format_shape, spatial_split, synthetic_data, user_data
+from labelfree_jax.demo.settings import DEFAULT_SETTINGS, REDUCED_SETTINGS, DemoSettings
 from labelfree_jax.transforms import Normalize
 
 __all__ = [
-    "DemoSettings",
-    "DemoResult",
+    "DEFAULT_OUT_DIR",
     "DEFAULT_SETTINGS",
     "REDUCED_SETTINGS",
-    "DEFAULT_OUT_DIR",
     "SUMMARY_FILE",
+    "DemoResult",
+    "DemoSettings",
     "run_demo",
     "spatial_split",
 ]
@@ -68,80 +70,6 @@ DEFAULT_OUT_DIR = "labelfree_demo"
 SUMMARY_FILE = "demo_summary.json"
 _RUN_MARKER = ".labelfree-demo-run"
 _N_STAGES = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoSettings:
-    """The sizes of one demo setting.
-
-    Attributes:
-        volume_shape: synthetic training volume ``(Z, Y, X)`` voxels.
-        n_train: number of synthetic training volumes.
-        heldout_shape: synthetic held-out volume ``(Z, Y, X)``.
-        pixel_size_um: synthetic voxel size ``(z, y, x)`` µm.
-        network: the 3D network; ``network_2d`` for 2D user images.
-        patch_shape: training patch ``(Z, Y, X)`` (``patch_shape_2d``: ``(Y, X)``); shrunk to
-            fit a small training region of user images.
-        batch_size: patches per step.
-        steps: training steps (at most).
-        max_seconds: wall-time limit of training (setup and compilation included); None: none.
-        tile_shape: prediction tile ``(Z, Y, X)`` (``tile_shape_2d``), clipped to the image.
-        overlap: prediction tile overlap (voxels per axis).
-    """
-
-    volume_shape: tuple[int, int, int]
-    n_train: int
-    heldout_shape: tuple[int, int, int]
-    pixel_size_um: tuple[float, float, float]
-    network: NetworkConfig
-    network_2d: NetworkConfig
-    patch_shape: tuple[int, int, int]
-    patch_shape_2d: tuple[int, int]
-    batch_size: int
-    steps: int
-    max_seconds: float | None
-    tile_shape: tuple[int, int, int]
-    tile_shape_2d: tuple[int, int]
-    overlap: int
-
-
-#: The README's ``labelfree demo``: about 3-4 minutes on 2 CPU cores.
-DEFAULT_SETTINGS = DemoSettings(
-    volume_shape=(32, 128, 128),
-    n_train=6,
-    heldout_shape=(32, 128, 128),
-    pixel_size_um=(0.29, 0.29, 0.29),
-    network=NetworkConfig(ndim=3, depth=3, mult_chan=8),
-    network_2d=NetworkConfig(ndim=2, depth=4, mult_chan=16),
-    patch_shape=(16, 64, 64),
-    patch_shape_2d=(128, 128),
-    batch_size=4,
-    steps=400,
-    max_seconds=150.0,
-    tile_shape=(32, 64, 64),
-    tile_shape_2d=(256, 256),
-    overlap=16,
-)
-
-#: ``--reduced``: the same job on coarser, smaller volumes in about a minute (the test suite).
-#: A fixed number of steps (no time limit), so its result does not depend on the machine's load;
-#: 60 steps reach a held-out Pearson r of 0.87-0.89 over training seeds (30 steps: 0.3-0.86).
-REDUCED_SETTINGS = DemoSettings(
-    volume_shape=(16, 64, 64),
-    n_train=3,
-    heldout_shape=(16, 64, 64),
-    pixel_size_um=(0.58, 0.58, 0.58),
-    network=NetworkConfig(ndim=3, depth=3, mult_chan=8),
-    network_2d=NetworkConfig(ndim=2, depth=3, mult_chan=8),
-    patch_shape=(16, 32, 32),
-    patch_shape_2d=(64, 64),
-    batch_size=4,
-    steps=60,
-    max_seconds=None,
-    tile_shape=(16, 32, 32),
-    tile_shape_2d=(64, 64),
-    overlap=8,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,77 +142,7 @@ def _finite_or_none(v: Any) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# user files: the spatial split
-# --------------------------------------------------------------------------------------------
-def spatial_split(
-    spatial_shape: Sequence[int], *, heldout_fraction: float = 0.25, gap_fraction: float = 1 / 16
-) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
-    """Split an image into a training and a held-out region along its longest in-plane axis.
-
-    Args:
-        spatial_shape: ``(Z, Y, X)`` or ``(Y, X)`` pixels.
-        heldout_fraction: share of the axis held out (its end).
-        gap_fraction: share of the axis left out between the regions, so that no training
-            patch touches the held-out pixels' neighbourhood.
-
-    Returns:
-        ``(train_region, heldout_region)``, each ``{axis: (start, stop)}`` (stop exclusive)
-        on ``"x"`` (or ``"y"`` when Y is longer than X), as ``RunConfig``/``ArrayDataset``
-        regions take them.
-
-    Raises:
-        InputError: an axis too short to split (fewer than 8 pixels).
-    """
-    shape = tuple(int(s) for s in spatial_shape)
-    if len(shape) not in (2, 3):
-        raise InputError(f"spatial shape must be (Z, Y, X) or (Y, X); got {shape}")
-    if not (0 < heldout_fraction < 1 and 0 <= gap_fraction < 1 - heldout_fraction):
-        raise InputError(f"bad split fractions: heldout {heldout_fraction}, gap {gap_fraction}")
-    axis = "y" if shape[-2] > shape[-1] else "x"
-    n = shape[-2] if axis == "y" else shape[-1]
-    if n < 8:
-        raise InputError(f"the image is too small to split into training and held-out parts ({axis} has {n} pixels)")
-    held_start = n - max(1, int(round(n * heldout_fraction)))
-    train_stop = max(1, held_start - int(round(n * gap_fraction)))
-    return {axis: (0, train_stop)}, {axis: (held_start, n)}
-
-
-def _crop(x: np.ndarray, region: Mapping[str, tuple[int, int]]) -> np.ndarray:
-    names = ("z", "y", "x")[-(x.ndim - 1):]
-    index: list[slice] = [slice(None)] * x.ndim
-    for axis, (a, b) in region.items():
-        index[1 + names.index(axis)] = slice(a, b)
-    return np.ascontiguousarray(x[tuple(index)])
-
-
-def _fit_patch(patch: Sequence[int], region_shape: Sequence[int], multiple: int, what: str) -> tuple[int, ...]:
-    out = []
-    for p, s, name in zip(patch, region_shape, ("z", "y", "x")[-len(patch):]):
-        side = min(int(p), (int(s) // multiple) * multiple)
-        if side < multiple:
-            raise InputError(
-                f"{what}: the training region is only {s} pixels along {name}; the demo network needs at least "
-                f"{multiple} (use a larger image)"
-            )
-        out.append(side)
-    return tuple(out)
-
-
-def _read_pair(signal: str | os.PathLike, target: str | os.PathLike):
-    from labelfree_jax.imagefiles import read_image
-
-    s_img = read_image(signal)
-    t_img = read_image(target)
-    if s_img.axes != t_img.axes or s_img.spatial_shape != t_img.spatial_shape:
-        raise InputError(
-            f"{signal} ({s_img.axes} {s_img.spatial_shape}) and {target} ({t_img.axes} {t_img.spatial_shape}) "
-            f"must have the same spatial shape: the demo trains on the pair pixel by pixel"
-        )
-    return s_img, t_img
-
-
-# --------------------------------------------------------------------------------------------
-# the demo
+# the run folder
 # --------------------------------------------------------------------------------------------
 def _check_run_dir(run_dir: Path) -> None:
     """Refuse a run directory that exists and was not made by the demo (it is never deleted)."""
@@ -301,6 +159,9 @@ def _prepare_run_dir(run_dir: Path) -> None:
     (run_dir / _RUN_MARKER).write_text("made by labelfree demo; replaced when the demo runs again\n")
 
 
+# --------------------------------------------------------------------------------------------
+# the demo, stage by stage
+# --------------------------------------------------------------------------------------------
 def run_demo(
     out_dir: str | os.PathLike = DEFAULT_OUT_DIR,
     *,
@@ -336,17 +197,80 @@ def run_demo(
             image too small for the network, a non-demo folder at ``<out_dir>/run``,
             ``steps < 1`` or ``max_seconds <= 0``. Nothing is written in these cases.
     """
-    from labelfree_jax.evaluation.report import METRICS_FILE, write_report
     from labelfree_jax.hub import zoo
-    from labelfree_jax.imagefiles import write_ome_tiff
-    from labelfree_jax.training.config import AugmentationConfig, RunConfig
-    from labelfree_jax.training.data import ArrayDataset
-    from labelfree_jax.training.train import train
 
     t_start = time.perf_counter()
     if (signal is None) != (target is None):
         raise InputError("give both a signal and a target file (or neither, for synthetic data)")
     settings = REDUCED_SETTINGS if reduced else DEFAULT_SETTINGS
+    n_steps, limit = _budget(settings, steps, max_seconds)
+    synthetic = signal is None
+    say = _Stages(announce)
+    out = Path(out_dir)
+    run_dir = out / "run"
+    _check_run_dir(run_dir)  # before any work; the folders are made once the data is ready
+
+    data = synthetic_data(settings, seed, say.next) if synthetic else user_data(signal, target, settings, say.next)
+    out.mkdir(parents=True, exist_ok=True)
+    _prepare_run_dir(run_dir)
+    config = _run_config(data, settings, n_steps, seed, synthetic)
+    t_train = time.perf_counter()
+    result = _train(config, data, run_dir, limit, progress, say)
+    train_seconds = time.perf_counter() - t_train
+    package_dir = Path(result.package_dir)
+    say.next(f"trained {result.steps} steps in {train_seconds:.0f} s; reloading the package {package_dir} "
+             f"with zoo.load")
+    model = zoo.load(package_dir)  # a Path: always the local folder, never a zoo name
+    prediction, paths = _predict(model, data, settings, out, progress, say)
+    title = "labelfree demo: held-out prediction" + ("" if synthetic else f" ({Path(signal).name})")
+    report_path, pearson, metrics = _report(out, data, prediction, package_dir, title, say)
+
+    summary_path = out / SUMMARY_FILE
+    demo = DemoResult(
+        out_dir=out,
+        run_dir=run_dir,
+        package_dir=package_dir,
+        signal_path=paths["signal"],
+        target_path=paths["target"],
+        prediction_path=paths["prediction"],
+        report_path=report_path,
+        summary_path=summary_path,
+        pearson_r=pearson,
+        metrics=metrics,
+        train_steps=int(result.steps),
+        train_seconds=train_seconds,
+        stopped_early=bool(result.stopped_early),
+        seconds=time.perf_counter() - t_start,
+        synthetic=synthetic,
+        heldout_region={k: list(v) for k, v in data.heldout_region.items()} if data.heldout_region else None,
+    )
+    atomic_write_text(summary_path, json.dumps(demo.to_dict(), indent=2, allow_nan=False) + "\n")
+    log.info("demo done in %.1f s: held-out Pearson r %.4f", demo.seconds, pearson)
+    return demo
+
+
+class _Stages:
+    """Numbered stage messages ``[i/5] ...`` to ``announce`` (or the log)."""
+
+    def __init__(self, announce: Callable[[str], None] | None):
+        self.announce = announce
+        self.stage = 0
+
+    def next(self, text: str) -> None:
+        self.stage += 1
+        msg = f"[{self.stage}/{_N_STAGES}] {text}"
+        if self.announce is not None:
+            self.announce(msg)
+        else:
+            log.info(msg)
+
+
+def _budget(settings: DemoSettings, steps: int | None, max_seconds: float | None) -> tuple[int, float | None]:
+    """``(steps, seconds limit or None)`` of training, the setting's unless given.
+
+    Raises:
+        InputError: ``steps < 1`` or ``max_seconds <= 0``.
+    """
     n_steps = settings.steps if steps is None else int(steps)
     if n_steps < 1:
         raise InputError(f"steps must be >= 1; got {steps}")
@@ -355,77 +279,25 @@ def run_demo(
         raise InputError(f"max_seconds must be > 0; got {max_seconds}")
     if limit is not None and math.isinf(limit):
         limit = None
-    synthetic = signal is None
+    return n_steps, limit
 
-    def say(i: int, text: str) -> None:
-        msg = f"[{i}/{_N_STAGES}] {text}"
-        if announce is not None:
-            announce(msg)
-        else:
-            log.info(msg)
 
-    out = Path(out_dir)
-    run_dir = out / "run"
-    _check_run_dir(run_dir)  # before any work; the folders are made once the data is ready
+def _run_config(data: DemoData, settings: DemoSettings, n_steps: int, seed: int, synthetic: bool):
+    """The demo's :class:`~labelfree_jax.training.config.RunConfig` (the network sized to the data's channels)."""
+    from labelfree_jax.training import AugmentationConfig, RunConfig
 
-    # ---- 1. data
-    heldout_region = None
-    if synthetic:
-        from labelfree_jax.demo import synthetic as syn
-
-        ps_tuple = settings.pixel_size_um
-        pixel_sizes: dict[str, float] | None = dict(zip("zyx", ps_tuple))
-        say(1, f"generating {settings.n_train} synthetic training volumes {_shape(settings.volume_shape)} and one "
-               f"held-out volume {_shape(settings.heldout_shape)} (bright-field + DNA fluorescence, "
-               f"{ps_tuple[-1]:g} µm voxels, seed {seed})")
-        pairs = syn.make_pair_set(settings.n_train, settings.volume_shape, seed, pixel_size_um=ps_tuple)
-        held_seed = np.random.SeedSequence(seed).spawn(settings.n_train + 1)[-1]
-        h_signal, h_target, _ = syn.make_pair(settings.heldout_shape, seed=held_seed, pixel_size_um=ps_tuple)
-        ndim = 3
-        dataset = ArrayDataset(pairs, signal_transforms=(Normalize(),), target_transforms=(Normalize(),),
-                               pixel_sizes=pixel_sizes)
-        patch = settings.patch_shape
-        noise_variance: Any = syn.fluorescence_noise_variance(h_target)
-        names = {"signal": "synthetic bright-field (held-out volume)",
-                 "target": "synthetic DNA fluorescence (held-out volume)"}
-        data_desc = f"synthetic cells, {settings.n_train} volumes {_shape(settings.volume_shape)}"
-    else:
-        s_img, t_img = _read_pair(signal, target)
-        ndim = s_img.ndim_spatial
-        pixel_sizes = s_img.pixel_sizes or t_img.pixel_sizes
-        train_region, heldout_region = spatial_split(s_img.spatial_shape)
-        (axis, (h0, h1)), = heldout_region.items()
-        say(1, f"reading {signal} and {target} ({s_img.axes} {_shape(s_img.spatial_shape)}); training on "
-               f"{axis} < {train_region[axis][1]}, holding out {axis} in [{h0}, {h1})")
-        s_data = s_img.data.astype(np.float32, copy=False)
-        t_data = t_img.data.astype(np.float32, copy=False)
-        dataset = ArrayDataset([(s_data, t_data)], signal_transforms=(Normalize(),),
-                               target_transforms=(Normalize(),), region=train_region, pixel_sizes=pixel_sizes)
-        net = settings.network if ndim == 3 else settings.network_2d
-        region_shape = _crop(s_data[:1], train_region).shape[1:]
-        patch = _fit_patch(settings.patch_shape if ndim == 3 else settings.patch_shape_2d, region_shape,
-                           net.size_multiple, str(signal))
-        h_signal, h_target = _crop(s_data, heldout_region), _crop(t_data, heldout_region)
-        noise_variance = "auto"
-        names = {"signal": f"{Path(signal).name} (held-out {axis} {h0}-{h1})",
-                 "target": f"{Path(target).name} (held-out {axis} {h0}-{h1})"}
-        data_desc = f"{Path(signal).name} -> {Path(target).name}, region {dict(train_region)}"
-    out.mkdir(parents=True, exist_ok=True)
-    _prepare_run_dir(run_dir)
-    n_in, n_out = int(h_signal.shape[0]), int(h_target.shape[0])
-    net = (settings.network if ndim == 3 else settings.network_2d).model_copy(
+    n_in, n_out = int(data.heldout_signal.shape[0]), int(data.heldout_target.shape[0])
+    net = (settings.network if data.ndim == 3 else settings.network_2d).model_copy(
         update={"in_channels": n_in, "out_channels": n_out})
-
-    # ---- 2. train
-    config = RunConfig(
+    return RunConfig(
         name="labelfree-demo" if synthetic else "labelfree-demo-user",
-        description=f"labelfree demo: {data_desc}",
+        description=f"labelfree demo: {data.description}",
         signal_transforms=(Normalize(),),
         target_transforms=(Normalize(),),
         model=net,
-        patch_shape=tuple(patch),
+        patch_shape=tuple(data.patch_shape),
         batch_size=settings.batch_size,
-        buffer_size=len(dataset),
+        buffer_size=len(data.dataset),
         buffer_switch_interval=-1,
         augmentation=AugmentationConfig(flip=True, rotate90=True),
         steps=n_steps,
@@ -436,52 +308,62 @@ def run_demo(
         seed=seed,
         signal_description="bright-field" if synthetic else "transmitted light",
         target_description="DNA fluorescence" if synthetic else "fluorescence",
-        pixel_size_um=pixel_sizes,
+        pixel_size_um=data.pixel_sizes,
     )
+
+
+def _train(config, data: DemoData, run_dir: Path, limit: float | None, progress: bool, say: _Stages):
+    """Stage 2: train (the run directory ends with a model package); the ``TrainResult``."""
     import jax
 
-    budget = f"at most {n_steps} steps" + (f" or {limit:g} s" if limit is not None else "")
-    say(2, f"training a {ndim}D U-Net (depth {net.depth}, {net.first_channels} channels) on {jax.default_backend()} "
-           f"for {budget}: patches {_shape(patch)} x {settings.batch_size}")
-    t_train = time.perf_counter()
-    result = train(config, run_dir, progress=progress, max_seconds=limit, train_dataset=dataset)
-    train_seconds = time.perf_counter() - t_train
+    from labelfree_jax.training import train
+
+    net = config.model
+    budget = f"at most {config.steps} steps" + (f" or {limit:g} s" if limit is not None else "")
+    say.next(f"training a {data.ndim}D U-Net (depth {net.depth}, {net.first_channels} channels) on "
+             f"{jax.default_backend()} for {budget}: patches {format_shape(config.patch_shape)} x {config.batch_size}")
+    result = train(config, run_dir, progress=progress, max_seconds=limit, train_dataset=data.dataset)
     if result.package_dir is None:  # pragma: no cover - only on a non-main process of a multi-host run
         raise RuntimeError("training wrote no model package (not the main process)")
-    package_dir = Path(result.package_dir)
+    return result
 
-    # ---- 3. reload
-    say(3, f"trained {result.steps} steps in {train_seconds:.0f} s; reloading the package {package_dir} "
-           f"with zoo.load")
-    model = zoo.load(package_dir)  # a Path: always the local folder, never a zoo name
 
-    # ---- 4. predict
+def _predict(model, data: DemoData, settings: DemoSettings, out: Path, progress: bool,
+             say: _Stages) -> tuple[np.ndarray, dict[str, Path]]:
+    """Stage 4: predict the held-out image tile by tile; write signal, target and prediction as OME-TIFFs."""
+    from labelfree_jax.imagefiles import write_ome_tiff
+
+    ndim, h_signal, pixel_sizes = data.ndim, data.heldout_signal, data.pixel_sizes
     tile = settings.tile_shape if ndim == 3 else settings.tile_shape_2d
-    say(4, f"predicting the held-out {'volume' if ndim == 3 else 'image'} {_shape(h_signal.shape[1:])} in tiles of "
-           f"{_shape(tile)} (clipped to the image)")
+    say.next(f"predicting the held-out {'volume' if ndim == 3 else 'image'} {format_shape(h_signal.shape[1:])} in "
+             f"tiles of {format_shape(tile)} (clipped to the image)")
     prediction = model.predict(h_signal, tile_shape=tile, overlap=settings.overlap, pixel_sizes=pixel_sizes,
                                progress=progress)
     axes = "CZYX" if ndim == 3 else "CYX"
-    signal_path = write_ome_tiff(out / "heldout_signal.ome.tif", h_signal.astype(np.float32), axes=axes,
-                                 pixel_sizes=pixel_sizes)
-    target_path = write_ome_tiff(out / "heldout_target.ome.tif", h_target.astype(np.float32), axes=axes,
-                                 pixel_sizes=pixel_sizes)
-    prediction_path = write_ome_tiff(out / "heldout_prediction.ome.tif", prediction, axes=axes,
-                                     pixel_sizes=pixel_sizes)
+    arrays = {"signal": h_signal.astype(np.float32), "target": data.heldout_target.astype(np.float32),
+              "prediction": prediction}
+    paths = {role: Path(write_ome_tiff(out / f"heldout_{role}.ome.tif", array, axes=axes, pixel_sizes=pixel_sizes))
+             for role, array in arrays.items()}
+    return prediction, paths
 
-    # ---- 5. report
-    say(5, f"writing the report to {out / 'report'}")
+
+def _report(out: Path, data: DemoData, prediction: np.ndarray, package_dir: Path, title: str,
+            say: _Stages) -> tuple[Path, float, dict[str, float | None]]:
+    """Stage 5: the report of the held-out prediction; ``(report.md, mean Pearson r, channel-0 metrics)``."""
+    from labelfree_jax.evaluation.report import METRICS_FILE, write_report
+
+    say.next(f"writing the report to {out / 'report'}")
     report_path = write_report(
         out / "report",
-        signal=h_signal,
-        target=h_target,
+        signal=data.heldout_signal,
+        target=data.heldout_target,
         prediction=prediction,
-        names={**names, "prediction": f"prediction of {package_dir}"},
-        pixel_sizes=pixel_sizes,
-        noise_variance=noise_variance,
+        names={**data.names, "prediction": f"prediction of {package_dir}"},
+        pixel_sizes=data.pixel_sizes,
+        noise_variance=data.noise_variance,
         normalize="zscore",
-        spatial_dims=ndim,
-        title="labelfree demo: held-out prediction" + ("" if synthetic else f" ({Path(signal).name})"),
+        spatial_dims=data.ndim,
+        title=title,
     )
     record = json.loads((Path(report_path).parent / METRICS_FILE).read_text())
     channels = record.get("channels") or []
@@ -490,30 +372,4 @@ def run_demo(
     pearson = float(np.mean(finite)) if finite and len(finite) == len(rs) else float("nan")
     metrics = {k: _finite_or_none(v) for k, v in (channels[0] if channels else {}).items()
                if k not in ("channel", "noise_variance") and (v is None or isinstance(v, (int, float)))}
-
-    summary_path = out / SUMMARY_FILE
-    demo = DemoResult(
-        out_dir=out,
-        run_dir=run_dir,
-        package_dir=package_dir,
-        signal_path=Path(signal_path),
-        target_path=Path(target_path),
-        prediction_path=Path(prediction_path),
-        report_path=Path(report_path),
-        summary_path=summary_path,
-        pearson_r=pearson,
-        metrics=metrics,
-        train_steps=int(result.steps),
-        train_seconds=train_seconds,
-        stopped_early=bool(result.stopped_early),
-        seconds=time.perf_counter() - t_start,
-        synthetic=synthetic,
-        heldout_region={k: list(v) for k, v in heldout_region.items()} if heldout_region else None,
-    )
-    atomic_write_text(summary_path, json.dumps(demo.to_dict(), indent=2, allow_nan=False) + "\n")
-    log.info("demo done in %.1f s: held-out Pearson r %.4f", demo.seconds, pearson)
-    return demo
-
-
-def _shape(shape: Sequence[int]) -> str:
-    return "×".join(str(int(s)) for s in shape)
+    return Path(report_path), pearson, metrics

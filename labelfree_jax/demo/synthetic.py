@@ -52,14 +52,14 @@ import scipy.ndimage as ndi
 from labelfree_jax.core.errors import InputError
 
 __all__ = [
-    "Phantom",
-    "N_MEDIUM",
     "DEFAULT_PIXEL_SIZE_UM",
-    "make_cell_phantom",
+    "FLUORESCENCE_READ_NOISE",
+    "N_MEDIUM",
+    "Phantom",
     "brightfield_from_phantom",
     "fluorescence_from_phantom",
     "fluorescence_noise_variance",
-    "FLUORESCENCE_READ_NOISE",
+    "make_cell_phantom",
     "make_pair",
     "make_pair_set",
 ]
@@ -210,20 +210,43 @@ def make_cell_phantom(
     if not (0 < r_lo <= r_hi and 0 < h_lo <= h_hi):
         raise InputError(f"cell_radius_um and cell_height_um must be increasing positive ranges; "
                          f"got {cell_radius_um!r}, {cell_height_um!r}")
+    # Every random draw below comes from this one generator, in a fixed order: centres,
+    # textures, then the cells one by one (the same seed gives the same phantom).
     rng = _rng(seed)
     extent = np.array([n * p for n, p in zip(zyx, ps)])  # µm
     r_mean = 0.5 * (r_lo + r_hi)
     if n_cells is None:
-        n_cells = max(1, int(round(0.6 * extent[1] * extent[2] / (math.pi * r_mean**2))))
-    n_cells = int(n_cells)
+        n_cells = max(1, round(0.6 * extent[1] * extent[2] / (math.pi * r_mean**2)))
+    centers_yx = _cell_centres(rng, int(n_cells), extent, r_mean)
+    outline_noise = _smooth_noise(rng, zyx, 2.0, ps)  # irregular membranes
+    cyto_texture = _smooth_noise(rng, zyx, 0.3, ps)  # organelles
+    chromatin = _smooth_noise(rng, zyx, 0.35, ps)  # chromatin texture
+    cells = _CellMaps(_voxel_centres(zyx, ps))
+    zc = 0.5 * extent[0]
+    for k, cyx in enumerate(centers_yx, start=1):
+        cells.add_cell(rng, k, cyx, zc, (r_lo, r_hi), (h_lo, h_hi), outline_noise)
+    ri, dna = cells.ri_and_dna(chromatin, cyto_texture, n_medium)
+    return Phantom(
+        ri=ri,
+        dna=dna,
+        cell_labels=cells.labels,
+        nucleus_mask=cells.nucleus,
+        nucleolus_mask=cells.nucleolus,
+        pixel_size_um=ps,
+        n_medium=float(n_medium),
+    )
 
-    coords = tuple(
+
+def _voxel_centres(zyx: tuple[int, int, int], ps: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel-centre coordinates (µm) along z, y, x, shaped to broadcast to ``(Z, Y, X)``."""
+    return tuple(
         ((np.arange(n, dtype=np.float32) + 0.5) * p).reshape([-1 if a == i else 1 for a in range(3)])
         for i, (n, p) in enumerate(zip(zyx, ps))
     )
-    full = np.broadcast_shapes(*(c.shape for c in coords))
 
-    # Centres: best-candidate sampling keeps cells apart without ever failing.
+
+def _cell_centres(rng: np.random.Generator, n_cells: int, extent: np.ndarray, r_mean: float) -> list[np.ndarray]:
+    """In-plane cell centres (µm): best-candidate sampling keeps cells apart without ever failing."""
     centers_yx: list[np.ndarray] = []
     for _ in range(n_cells):
         cands = rng.uniform([0.05, 0.05], [0.95, 0.95], size=(24, 2)) * extent[1:]
@@ -234,70 +257,77 @@ def make_cell_phantom(
         else:
             best = cands[0]
         centers_yx.append(best)
+    return centers_yx
 
-    outline_noise = _smooth_noise(rng, zyx, 2.0, ps)  # irregular membranes
-    cyto_texture = _smooth_noise(rng, zyx, 0.3, ps)  # organelles
-    chromatin = _smooth_noise(rng, zyx, 0.35, ps)  # chromatin texture
 
-    labels = np.zeros(full, np.int32)
-    nucleus = np.zeros(full, bool)
-    nucleolus = np.zeros(full, bool)
-    brightness = np.zeros(full, np.float32)
-    periphery = np.zeros(full, np.float32)
-    zc = 0.5 * extent[0]
-    for k, cyx in enumerate(centers_yx, start=1):
-        height = rng.uniform(h_lo, h_hi)
-        cell_axes = np.array([0.5 * height, rng.uniform(r_lo, r_hi), rng.uniform(r_lo, r_hi)])
+class _CellMaps:
+    """The label and mask volumes of a phantom, filled cell by cell, then turned into ``ri`` and ``dna``."""
+
+    def __init__(self, coords: tuple[np.ndarray, np.ndarray, np.ndarray]):
+        self.coords = coords
+        full = np.broadcast_shapes(*(c.shape for c in coords))
+        self.labels = np.zeros(full, np.int32)
+        self.nucleus = np.zeros(full, bool)
+        self.nucleolus = np.zeros(full, bool)
+        self.brightness = np.zeros(full, np.float32)  # per-nucleus DNA amount ("cell cycle")
+        self.periphery = np.zeros(full, np.float32)  # rim of peripheral heterochromatin
+
+    def add_cell(self, rng: np.random.Generator, k: int, cyx: np.ndarray, zc: float,
+                 radius_range: tuple[float, float], height_range: tuple[float, float],
+                 outline_noise: np.ndarray) -> None:
+        """Cell ``k`` centred at ``(zc, *cyx)`` (µm) with its nucleus and nucleoli, where no earlier cell is."""
+        height = rng.uniform(*height_range)
+        cell_axes = np.array([0.5 * height, rng.uniform(*radius_range), rng.uniform(*radius_range)])
         angle = rng.uniform(0, math.pi)
         center = np.array([zc + rng.uniform(-0.1, 0.1) * height, cyx[0], cyx[1]])
-        r_cell = _rotated_radius(coords, center, cell_axes, angle) * (1.0 + 0.08 * outline_noise)
-        in_cell = (r_cell < 1.0) & (labels == 0)
+        r_cell = _rotated_radius(self.coords, center, cell_axes, angle) * (1.0 + 0.08 * outline_noise)
+        in_cell = (r_cell < 1.0) & (self.labels == 0)
         if not in_cell.any():
-            continue
-        labels[in_cell] = k
+            return
+        self.labels[in_cell] = k
 
         nuc_axes = cell_axes * np.array([rng.uniform(0.6, 0.75), rng.uniform(0.45, 0.6), rng.uniform(0.45, 0.6)])
         nuc_axes[0] = max(nuc_axes[0], 1.5)
         off = rng.uniform(-0.15, 0.15, size=2) * cell_axes[1:]
         nuc_center = center + np.array([0.0, off[0], off[1]])
-        r_nuc = _rotated_radius(coords, nuc_center, nuc_axes, angle + rng.uniform(-0.3, 0.3))
+        r_nuc = _rotated_radius(self.coords, nuc_center, nuc_axes, angle + rng.uniform(-0.3, 0.3))
         in_nuc = (r_nuc < 1.0) & in_cell
-        nucleus |= in_nuc
-        brightness[in_nuc] = rng.uniform(0.7, 1.3)
-        periphery[in_nuc & (r_nuc > 0.85)] = 1.0
+        self.nucleus |= in_nuc
+        self.brightness[in_nuc] = rng.uniform(0.7, 1.3)
+        self.periphery[in_nuc & (r_nuc > 0.85)] = 1.0
+        self._add_nucleoli(rng, nuc_center, nuc_axes, in_nuc)
 
+    def _add_nucleoli(self, rng: np.random.Generator, nuc_center: np.ndarray, nuc_axes: np.ndarray,
+                      in_nuc: np.ndarray) -> None:
+        """1-3 spherical nucleoli (radius 0.5-0.9 µm) inside the nucleus."""
         for _ in range(int(rng.integers(1, 4))):
             direction = rng.standard_normal(3)
             direction /= np.linalg.norm(direction)
             where = nuc_center + direction * rng.uniform(0.0, 0.45) * nuc_axes
             radius = rng.uniform(0.5, 0.9)
-            d2 = sum(((c - w) / radius) ** 2 for c, w in zip(coords, where))
-            nucleolus |= (d2 < 1.0) & in_nuc
+            d2 = sum(((c - w) / radius) ** 2 for c, w in zip(self.coords, where))
+            self.nucleolus |= (d2 < 1.0) & in_nuc
 
-    in_cells = labels > 0
-    cyto = in_cells & ~nucleus
-    chrom = np.clip(1.0 + 0.35 * chromatin + 0.4 * periphery, 0.2, None)
+    def ri_and_dna(self, chromatin: np.ndarray, cyto_texture: np.ndarray,
+                   n_medium: float) -> tuple[np.ndarray, np.ndarray]:
+        """Refractive index and DNA density ``(Z, Y, X)`` float32, anti-aliased (about one voxel)."""
+        nucleus, nucleolus, brightness = self.nucleus, self.nucleolus, self.brightness
+        cyto = (self.labels > 0) & ~nucleus
+        chrom = np.clip(1.0 + 0.35 * chromatin + 0.4 * self.periphery, 0.2, None)
 
-    dna = np.zeros(full, np.float32)
-    dna[nucleus] = (brightness * chrom)[nucleus]
-    dna[nucleolus] = 0.1 * brightness[nucleolus]
+        dna = np.zeros(self.labels.shape, np.float32)
+        dna[nucleus] = (brightness * chrom)[nucleus]
+        dna[nucleolus] = 0.1 * brightness[nucleolus]
 
-    ri = np.full(full, n_medium, np.float32)
-    ri[cyto] = (_N_CYTOPLASM + 0.0025 * cyto_texture)[cyto]
-    ri[nucleus] = (_N_NUCLEUS + 0.003 * (chrom - 1.0))[nucleus]
-    ri[nucleolus] = _N_NUCLEOLUS
-    # Anti-alias the sharp phase boundaries (about one voxel).
-    ri = ndi.gaussian_filter(ri, 0.6, mode="nearest").astype(np.float32)
-    dna = ndi.gaussian_filter(dna, 0.6, mode="nearest").astype(np.float32)
-    return Phantom(
-        ri=ri,
-        dna=dna,
-        cell_labels=labels,
-        nucleus_mask=nucleus,
-        nucleolus_mask=nucleolus,
-        pixel_size_um=ps,
-        n_medium=float(n_medium),
-    )
+        ri = np.full(self.labels.shape, n_medium, np.float32)
+        ri[cyto] = (_N_CYTOPLASM + 0.0025 * cyto_texture)[cyto]
+        ri[nucleus] = (_N_NUCLEUS + 0.003 * (chrom - 1.0))[nucleus]
+        ri[nucleolus] = _N_NUCLEOLUS
+        # Anti-alias the sharp phase boundaries (about one voxel).
+        ri = ndi.gaussian_filter(ri, 0.6, mode="nearest").astype(np.float32)
+        dna = ndi.gaussian_filter(dna, 0.6, mode="nearest").astype(np.float32)
+        return ri, dna
+
 
 
 # ----------------------------------------------------------------------------- imaging

@@ -28,21 +28,21 @@ import numpy as np
 from labelfree_jax.core.errors import InputError
 
 __all__ = [
-    "pearson_r",
+    "METRIC_KEYS",
+    "dice",
     "estimate_noise_variance",
-    "noise_ceiling_cmax",
-    "mse",
+    "evaluate",
+    "iou",
     "mae",
+    "mse",
+    "noise_ceiling_cmax",
     "nrmse",
+    "otsu_binary",
+    "otsu_dice_iou",
+    "otsu_threshold",
+    "pearson_r",
     "psnr",
     "ssim",
-    "otsu_threshold",
-    "otsu_binary",
-    "dice",
-    "iou",
-    "otsu_dice_iou",
-    "evaluate",
-    "METRIC_KEYS",
 ]
 
 log = logging.getLogger(__name__)

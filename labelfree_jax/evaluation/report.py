@@ -21,13 +21,15 @@ import numpy as np
 from labelfree_jax.core.atomic import atomic_write_text
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.evaluation import metrics as _metrics, plots as _plots
+from labelfree_jax.evaluation.gif import write_toggle_gif
+from labelfree_jax.evaluation.views import as_czyx
 
 __all__ = [
-    "write_report",
-    "REPORT_FILE",
-    "METRICS_FILE",
     "FIGURE_FILES",
+    "METRICS_FILE",
     "NORMALIZATIONS",
+    "REPORT_FILE",
+    "write_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -172,10 +174,43 @@ def write_report(
     """
     if normalize not in NORMALIZATIONS:
         raise InputError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    names = dict(names or {})
-    s = _plots.as_czyx(signal, spatial_dims, "signal")
-    p = _plots.as_czyx(prediction, spatial_dims, "prediction")
-    t = _plots.as_czyx(target, spatial_dims, "target") if target is not None else None
+    s, t, p = _checked_arrays(signal, target, prediction, spatial_dims)
+    is_3d = s.shape[1] > 1  # arrays are (C, Z, Y, X) from here on; 2D images have Z = 1
+    ps = dict(pixel_sizes) if pixel_sizes else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t_m, p_m, t_scale = _normalized(t, p, normalize)
+    channel_metrics = _channel_metrics(t_m, p_m, t_scale, noise_variance)
+    figures = _draw_figures(out, s, t, p, t_m, p_m, ps, normalize=normalize, is_3d=is_3d)
+    record = {
+        "title": title or "Prediction report",
+        "normalize": normalize,
+        "pixel_sizes": ps,
+        "inputs": _describe_inputs(s, t, p, signal, target, prediction, dict(names or {})),
+        "channels": [{k: (_json_num(v) if isinstance(v, float) else v) for k, v in m.items()}
+                     for m in channel_metrics],
+        "figures": {key: FIGURE_FILES[key] for key, _, _ in figures},
+    }
+    atomic_write_text(out / METRICS_FILE, json.dumps(record, indent=2, allow_nan=False) + "\n")
+
+    md = _markdown(record, channel_metrics, figures, normalize, is_3d)
+    report = atomic_write_text(out / REPORT_FILE, md)
+    log.info("wrote report %s", report)
+    return Path(report)
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of write_report
+# --------------------------------------------------------------------------------------------
+def _checked_arrays(
+    signal: Any, target: Any | None, prediction: Any, spatial_dims: int | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(signal, target or None, prediction)`` as float32 ``(C, Z, Y, X)``, same spatial shape;
+    target and prediction with as many channels."""
+    s = as_czyx(signal, spatial_dims, "signal")
+    p = as_czyx(prediction, spatial_dims, "prediction")
+    t = as_czyx(target, spatial_dims, "target") if target is not None else None
     shapes = {"signal": s.shape[1:], "prediction": p.shape[1:]}
     if t is not None:
         shapes["target"] = t.shape[1:]
@@ -184,32 +219,46 @@ def write_report(
                          + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     if t is not None and t.shape[0] != p.shape[0]:
         raise InputError(f"target has {t.shape[0]} channel(s) but prediction has {p.shape[0]}")
-    is_3d = s.shape[1] > 1  # arrays are (C, Z, Y, X) from here on; 2D images have Z = 1
-    ps = dict(pixel_sizes) if pixel_sizes else None
+    return s, t, p
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
-    t_m, p_m = t, p
+def _normalized(
+    t: np.ndarray | None, p: np.ndarray, normalize: str
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Target and prediction for the metrics, and per channel the factor raw target -> metric units."""
     t_scale = np.ones(p.shape[0])
-    if normalize == "zscore":
-        p_m = _zscore(p)
-        if t is not None:
-            sds = t.reshape(t.shape[0], -1).astype(np.float64).std(axis=1)
-            t_scale = np.divide(1.0, sds, out=np.zeros_like(sds), where=sds > 0)  # raw -> z-scored units
-            t_m = _zscore(t)
+    if normalize != "zscore":
+        return t, p, t_scale
+    if t is None:
+        return None, _zscore(p), t_scale
+    sds = t.reshape(t.shape[0], -1).astype(np.float64).std(axis=1)
+    t_scale = np.divide(1.0, sds, out=np.zeros_like(sds), where=sds > 0)  # raw -> z-scored units
+    return _zscore(t), _zscore(p), t_scale
 
-    channel_metrics: list[dict[str, Any]] = []
-    if t_m is not None:
-        nvs = _noise_variances(noise_variance, t_m, t_scale)
-        for c in range(t_m.shape[0]):
-            vals = _metrics.evaluate(p_m[c], t_m[c], noise_variance=nvs[c])
-            channel_metrics.append({"channel": c, "noise_variance": nvs[c], **vals})
-            log.info("channel %d: Pearson r = %.4f", c, vals["pearson_r"])
-    elif noise_variance is not None:
-        log.warning("write_report: noise_variance ignored, there is no target")
 
-    figures: list[tuple[str, str, str]] = []  # (key, heading, caption)
+def _channel_metrics(
+    t_m: np.ndarray | None, p_m: np.ndarray, t_scale: np.ndarray, noise_variance
+) -> list[dict[str, Any]]:
+    """:func:`labelfree_jax.evaluation.metrics.evaluate` per channel (``[]`` without a target)."""
+    if t_m is None:
+        if noise_variance is not None:
+            log.warning("write_report: noise_variance ignored, there is no target")
+        return []
+    channel_metrics = []
+    nvs = _noise_variances(noise_variance, t_m, t_scale)
+    for c in range(t_m.shape[0]):
+        vals = _metrics.evaluate(p_m[c], t_m[c], noise_variance=nvs[c])
+        channel_metrics.append({"channel": c, "noise_variance": nvs[c], **vals})
+        log.info("channel %d: Pearson r = %.4f", c, vals["pearson_r"])
+    return channel_metrics
+
+
+def _draw_figures(
+    out: Path, s: np.ndarray, t: np.ndarray | None, p: np.ndarray, t_m: np.ndarray | None, p_m: np.ndarray,
+    ps: dict[str, float] | None, *, normalize: str, is_3d: bool,
+) -> list[tuple[str, str, str]]:
+    """Write the figures of :data:`FIGURE_FILES` that apply; returns ``(key, heading, caption)`` of each."""
+    figures: list[tuple[str, str, str]] = []
     _plots.plot_max_projections(
         {"signal": s, **({"observed": t} if t is not None else {}), "predicted": p},
         out / FIGURE_FILES["projections"], spatial_dims=3, pixel_sizes=ps,
@@ -221,44 +270,37 @@ def write_report(
     figures.append(("comparison", "Signal, observed and predicted" if t is not None else "Signal and predicted",
                     "Signal: middle slices; fluorescence: maximum projections." if is_3d else
                     "Each image clipped to its own percentiles."))
-    if t is not None:
-        _plots.plot_difference_maps(t_m, p_m, out / FIGURE_FILES["differences"], spatial_dims=3, pixel_sizes=ps)
-        figures.append(("differences", "Difference maps",
-                        "observed − predicted, predicted − observed and |difference| on one colour scale"
-                        + (" (z-scored units)" if normalize == "zscore" else "")
-                        + ("; middle slices." if is_3d else ".")))
-        _plots.write_toggle_gif(t, p, out / FIGURE_FILES["toggle"], spatial_dims=3, pixel_sizes=ps)
-        figures.append(("toggle", "Observed ↔ predicted", "Alternates between the observed and predicted image."))
-        _plots.plot_otsu_binaries(t, p, out / FIGURE_FILES["otsu"], spatial_dims=3, pixel_sizes=ps)
-        figures.append(("otsu", "Otsu foregrounds",
-                        "Each image thresholded with its own Otsu threshold; white: both, magenta: observed "
-                        "only, green: predicted only."))
-        _plots.plot_masked_observed(t, p, out / FIGURE_FILES["masked"], spatial_dims=3, pixel_sizes=ps)
-        figures.append(("masked", "Observed inside the predicted foreground",
-                        "The observed image where the prediction's Otsu foreground is."))
+    if t is None:
+        return figures
+    _plots.plot_difference_maps(t_m, p_m, out / FIGURE_FILES["differences"], spatial_dims=3, pixel_sizes=ps)
+    figures.append(("differences", "Difference maps",
+                    ("observed − predicted, predicted − observed and |difference| on one colour scale"
+                     + (" (z-scored units)" if normalize == "zscore" else "")
+                     + ("; middle slices." if is_3d else "."))))
+    write_toggle_gif(t, p, out / FIGURE_FILES["toggle"], spatial_dims=3, pixel_sizes=ps)
+    figures.append(("toggle", "Observed ↔ predicted", "Alternates between the observed and predicted image."))
+    _plots.plot_otsu_binaries(t, p, out / FIGURE_FILES["otsu"], spatial_dims=3, pixel_sizes=ps)
+    figures.append(("otsu", "Otsu foregrounds",
+                    ("Each image thresholded with its own Otsu threshold; white: both, magenta: observed "
+                     "only, green: predicted only.")))
+    _plots.plot_masked_observed(t, p, out / FIGURE_FILES["masked"], spatial_dims=3, pixel_sizes=ps)
+    figures.append(("masked", "Observed inside the predicted foreground",
+                    "The observed image where the prediction's Otsu foreground is."))
+    return figures
 
+
+def _describe_inputs(
+    s: np.ndarray, t: np.ndarray | None, p: np.ndarray, signal: Any, target: Any, prediction: Any,
+    names: dict[str, str],
+) -> dict[str, dict[str, Any]]:
+    """Shape, dtype (as given) and min/max/mean of each input, with its name when ``names`` has one."""
     inputs = {"signal": _describe(s, signal), "prediction": _describe(p, prediction)}
     if t is not None:
         inputs["target"] = _describe(t, target)
-    for role in inputs:
+    for role, d in inputs.items():
         if role in names:
-            inputs[role]["name"] = str(names[role])
-
-    record = {
-        "title": title or "Prediction report",
-        "normalize": normalize,
-        "pixel_sizes": ps,
-        "inputs": inputs,
-        "channels": [{k: (_json_num(v) if isinstance(v, float) else v) for k, v in m.items()}
-                     for m in channel_metrics],
-        "figures": {key: FIGURE_FILES[key] for key, _, _ in figures},
-    }
-    atomic_write_text(out / METRICS_FILE, json.dumps(record, indent=2, allow_nan=False) + "\n")
-
-    md = _markdown(record, channel_metrics, figures, normalize, is_3d)
-    report = atomic_write_text(out / REPORT_FILE, md)
-    log.info("wrote report %s", report)
-    return Path(report)
+            d["name"] = str(names[role])
+    return inputs
 
 
 def _markdown(

@@ -38,12 +38,10 @@ and are checked against a sha256 (given, or recorded in ``SHA256SUMS`` on first 
 from __future__ import annotations
 
 import csv
-import hashlib
 import http.client
 import io as _stdio
 import logging
 import os
-import socket
 import tarfile
 import time
 import urllib.error
@@ -58,25 +56,26 @@ from tqdm.auto import tqdm
 
 from labelfree_jax.core.atomic import atomic_write_text
 from labelfree_jax.core.errors import ConfigError, InputError, IntegrityError
+from labelfree_jax.core.hashing import sha256_file
 
 __all__ = [
-    "BASE_URL",
     "ARCHIVES",
-    "FLUORESCENCE_ARCHIVES",
+    "BASE_URL",
     "CHANNEL_LAYOUTS",
-    "StructureSpec",
+    "CHECKSUM_FILE",
+    "FLUORESCENCE_ARCHIVES",
+    "MANIFEST_COLUMNS",
     "STRUCTURES",
+    "StructureSpec",
     "archive_url",
-    "download_file",
-    "download_archives",
-    "extract_archive",
     "channel_count",
     "collect_images",
+    "download_archives",
+    "download_file",
+    "extract_archive",
+    "read_checksums",
     "structure_rows",
     "write_manifests",
-    "read_checksums",
-    "CHECKSUM_FILE",
-    "MANIFEST_COLUMNS",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,17 +150,6 @@ def archive_url(name: str, base_url: str = BASE_URL) -> str:
 # --------------------------------------------------------------------------------------------
 # checksums
 # --------------------------------------------------------------------------------------------
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_checksums(folder: str | Path) -> dict[str, str]:
     """``{file name: sha256}`` from ``<folder>/SHA256SUMS`` (``sha256sum`` format); {} if absent."""
     path = Path(folder) / CHECKSUM_FILE
@@ -198,6 +186,79 @@ def _content_total(resp, offset: int) -> int | None:
     return offset + int(length) if length and length.isdigit() else None
 
 
+_RETRYABLE = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def _check_existing(dest: Path, expected: str | None) -> None:
+    """Verify an already downloaded ``dest`` (record its sha256 when none is known)."""
+    digest = sha256_file(dest)
+    if expected is not None and digest != expected:
+        raise IntegrityError(f"{dest}: sha256 {digest} does not match the expected {expected}; delete it to download again")
+    if expected is None:
+        _record_checksum(dest.parent, dest.name, digest)
+    log.info("%s: already downloaded (sha256 ok)", dest)
+
+
+def _request(url: str, part: Path, bar: tqdm, *, timeout: float, chunk_size: int) -> None:
+    """One HTTP request: append the rest of ``url`` to ``part`` (a Range request when ``part`` has bytes).
+
+    ``bar`` is reset to the size of this response and counts the bytes written.
+
+    Raises:
+        urllib.error.HTTPError: an HTTP error status.
+        http.client.IncompleteRead: the connection closed before the announced length (and the
+            other errors of ``_RETRYABLE``): the caller retries.
+    """
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "labelfree-jax"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+        if have and getattr(resp, "status", 200) != 206:
+            log.info("%s: the server ignored the Range request; downloading from the start", url)
+            have = 0
+        total = _content_total(resp, have)
+        bar.reset(total=total)
+        bar.update(have)
+        with open(part, "ab" if have else "wb") as fh:
+            while block := resp.read(chunk_size):
+                fh.write(block)
+                bar.update(len(block))
+        size = part.stat().st_size
+        if total is not None and size < total:
+            raise http.client.IncompleteRead(b"", total - size)
+
+
+def _fetch_resuming(url: str, part: Path, *, desc: str, progress: bool, retries: int, timeout: float,
+                    chunk_size: int) -> None:
+    """Fill ``part`` with all of ``url``: retry a dropped connection up to ``retries`` times, resuming.
+
+    Raises:
+        InputError: an HTTP error, or still incomplete after the retries.
+    """
+    attempt = 0
+    with tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not progress) as bar:
+        while True:
+            try:
+                _request(url, part, bar, timeout=timeout, chunk_size=chunk_size)
+                return
+            except urllib.error.HTTPError as err:
+                if err.code == 416 and part.exists() and part.stat().st_size:
+                    log.info("%s: the server has nothing after byte %d: the partial file is complete", url,
+                             part.stat().st_size)
+                    return
+                raise InputError(f"{url}: HTTP error {err.code} {err.reason}") from err
+            except _RETRYABLE as err:
+                attempt += 1
+                if attempt > retries:
+                    raise InputError(
+                        f"{url}: download interrupted ({type(err).__name__}: {err}) after {retries} retries; "
+                        f"run again to resume from byte {part.stat().st_size if part.exists() else 0}"
+                    ) from err
+                log.warning("%s: %s; resuming (retry %d of %d)", url, err, attempt, retries)
+                time.sleep(min(2.0 ** (attempt - 1), 30.0) * 0.1)
+
+
 def download_file(
     url: str,
     dest: str | Path,
@@ -229,66 +290,12 @@ def download_file(
     folder = dest.parent
     expected = (sha256 or read_checksums(folder).get(dest.name) or "").lower() or None
     if dest.is_file():
-        digest = _sha256(dest)
-        if expected is not None and digest != expected:
-            raise IntegrityError(
-                f"{dest}: sha256 {digest} does not match the expected {expected}; delete it to download again"
-            )
-        if expected is None:
-            _record_checksum(folder, dest.name, digest)
-        log.info("%s: already downloaded (sha256 ok)", dest)
+        _check_existing(dest, expected)
         return dest
     part = dest.with_name(dest.name + ".part")
-    attempt = 0
-    bar = None
-    try:
-        while True:
-            have = part.stat().st_size if part.exists() else 0
-            headers = {"User-Agent": "labelfree-jax"}
-            if have:
-                headers["Range"] = f"bytes={have}-"
-            try:
-                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
-                    status = getattr(resp, "status", 200)
-                    if have and status != 206:
-                        log.info("%s: the server ignored the Range request; downloading from the start", url)
-                        have = 0
-                    total = _content_total(resp, have)
-                    if bar is None:
-                        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                                   desc=dest.name, disable=not progress)
-                    else:
-                        bar.reset(total=total)
-                        bar.update(have)
-                    with open(part, "ab" if have else "wb") as fh:
-                        while True:
-                            block = resp.read(chunk_size)
-                            if not block:
-                                break
-                            fh.write(block)
-                            bar.update(len(block))
-                    size = part.stat().st_size
-                    if total is not None and size < total:
-                        raise http.client.IncompleteRead(b"", total - size)
-                break
-            except urllib.error.HTTPError as err:
-                if err.code == 416 and have:
-                    log.info("%s: the server has nothing after byte %d: the partial file is complete", url, have)
-                    break
-                raise InputError(f"{url}: HTTP error {err.code} {err.reason}") from err
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as err:
-                attempt += 1
-                if attempt > retries:
-                    raise InputError(
-                        f"{url}: download interrupted ({type(err).__name__}: {err}) after {retries} retries; "
-                        f"run again to resume from byte {part.stat().st_size if part.exists() else 0}"
-                    ) from err
-                log.warning("%s: %s; resuming (retry %d of %d)", url, err, attempt, retries)
-                time.sleep(min(2.0 ** (attempt - 1), 30.0) * 0.1)
-    finally:
-        if bar is not None:
-            bar.close()
-    digest = _sha256(part)
+    _fetch_resuming(url, part, desc=dest.name, progress=progress, retries=retries, timeout=timeout,
+                    chunk_size=chunk_size)
+    digest = sha256_file(part)
     if expected is not None and digest != expected:
         part.unlink(missing_ok=True)
         raise IntegrityError(f"{url}: downloaded file has sha256 {digest}, expected {expected}; removed it")
@@ -465,7 +472,7 @@ def write_manifests(
                 log.warning("%s: %d files of the original split lists are not among the unpacked images", structure, absent)
         else:
             perm = np.random.RandomState(seed).permutation(len(rows))
-            n_train = int(round(len(rows) * train_fraction))
+            n_train = round(len(rows) * train_fraction)
             train = [rows[i] for i in perm[:n_train]]
             test = [rows[i] for i in perm[n_train:]]
         out = manifest_dir / structure

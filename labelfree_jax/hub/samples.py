@@ -20,30 +20,25 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import importlib.resources
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
-from labelfree_jax.core.errors import ConfigError, ModelNotAvailableError
-from labelfree_jax.hub import client as hub
-from labelfree_jax.hub.client import FileRecord
-from labelfree_jax.models.config import parse_config
+from labelfree_jax.core.errors import ModelNotAvailableError
+from labelfree_jax.core.schema import PixelSizes, StrictModel
+from labelfree_jax.hub.client import FileRecord, download_files
+from labelfree_jax.hub.index import IndexSource, check_entry_name, parse_index, shipped_index_path
+from labelfree_jax.hub.refs import RepoId, RepoPath, is_commit_hash
 
-__all__ = ["SampleEntry", "SampleIndex", "Sample", "index_path", "load_index", "list", "get_entry", "fetch"]
+__all__ = ["Sample", "SampleEntry", "SampleIndex", "fetch", "get_entry", "index_path", "list", "load_index"]
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+INDEX_FILE = "datasets.json"
 
 
-class SampleEntry(_Strict):
+class SampleEntry(StrictModel):
     """One sample file.
 
     ``filename`` is the path inside the dataset repo. ``status == "published"`` needs
@@ -52,36 +47,20 @@ class SampleEntry(_Strict):
     ``pixel_size_um`` the acquisition pixel size (µm).
     """
 
-    repo_id: str
+    repo_id: RepoId
     repo_type: Literal["dataset"] = "dataset"
     status: Literal["published", "unpublished"]
     revision: str | None = None
-    filename: str
+    filename: RepoPath
     file: FileRecord | None = None
     description: str
     structure: str = ""
     modality: str = ""
     axes: str | None = None
     channels: tuple[str, ...] = ()
-    pixel_size_um: dict[str, float] | None = None
+    pixel_size_um: PixelSizes | None = None
     license: str = ""
     source: str = ""
-
-    @field_validator("repo_id")
-    @classmethod
-    def _repo(cls, value: str) -> str:
-        try:
-            return hub.validate_repo_id(value)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-
-    @field_validator("filename")
-    @classmethod
-    def _filename(cls, value: str) -> str:
-        try:
-            return hub.validate_filename(value)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
 
     @field_validator("axes")
     @classmethod
@@ -90,24 +69,17 @@ class SampleEntry(_Strict):
             raise ValueError(f"axes {value!r} must be distinct letters of TCZYXS")
         return value
 
-    @field_validator("pixel_size_um")
-    @classmethod
-    def _pixels(cls, value):
-        if value is not None and (set(value) - {"z", "y", "x"} or any(not v > 0 for v in value.values())):
-            raise ValueError(f"pixel_size_um must have positive z/y/x values, got {value}")
-        return value
-
     @model_validator(mode="after")
     def _status(self):
         if self.status == "published":
-            if not hub.is_commit_hash(self.revision) or self.file is None:
+            if not is_commit_hash(self.revision) or self.file is None:
                 raise ValueError("a published sample needs revision (40-hex commit id) and file (sha256, size)")
         elif self.revision is not None or self.file is not None:
             raise ValueError("an unpublished sample has revision: null and file: null")
         return self
 
 
-class SampleIndex(_Strict):
+class SampleIndex(StrictModel):
     """``datasets.json``: ``{"format_version": 1, "samples": {name: SampleEntry}}``."""
 
     format_version: Literal[1] = 1
@@ -115,10 +87,9 @@ class SampleIndex(_Strict):
 
     @field_validator("samples")
     @classmethod
-    def _names(cls, value):
+    def _names(cls, value: dict[str, SampleEntry]) -> dict[str, SampleEntry]:
         for name in value:
-            if not _NAME.match(name):
-                raise ValueError(f"sample name {name!r} must be lowercase letters, digits and '_'")
+            check_entry_name(name, what="sample")
         return value
 
 
@@ -136,33 +107,26 @@ class Sample:
 
 def index_path() -> Path:
     """The shipped index ``labelfree_jax/hub/zoo_index/datasets.json``."""
-    return Path(str(importlib.resources.files("labelfree_jax.hub").joinpath("zoo_index", "datasets.json")))
+    return shipped_index_path(INDEX_FILE)
 
 
-def load_index(index: str | os.PathLike | Mapping[str, Any] | SampleIndex | None = None) -> SampleIndex:
-    """Parse a sample index strictly: None (the shipped one), a JSON file, a dict or a :class:`SampleIndex`."""
-    if isinstance(index, SampleIndex):
-        return index
-    if index is None or isinstance(index, (str, os.PathLike)):
-        path = index_path() if index is None else Path(index)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read the sample index: {err}") from err
-        return parse_config(SampleIndex, text, source=str(path))
-    if isinstance(index, Mapping):
-        return parse_config(SampleIndex, dict(index), source="sample index (dict)")
-    raise ConfigError(f"index must be a path, a dict or a SampleIndex, got {type(index).__name__}")
+def load_index(index: IndexSource = None) -> SampleIndex:
+    """Parse a sample index strictly: None (the shipped one), a JSON file, a dict or a :class:`SampleIndex`.
+
+    Raises:
+        ConfigError: unreadable, not JSON, or invalid (the message names the file).
+    """
+    return parse_index(SampleIndex, index, filename=INDEX_FILE, what="sample index")
 
 
-def list(index: str | os.PathLike | Mapping[str, Any] | SampleIndex | None = None) -> builtins.list[Sample]:
+def list(index: IndexSource = None) -> builtins.list[Sample]:
     """Every sample of the index."""
     idx = load_index(index)
     return [Sample(name=n, status=e.status, revision=e.revision, repo_id=e.repo_id, filename=e.filename,
                    description=e.description) for n, e in idx.samples.items()]
 
 
-def get_entry(name: str, index: str | os.PathLike | Mapping[str, Any] | SampleIndex | None = None) -> SampleEntry:
+def get_entry(name: str, index: IndexSource = None) -> SampleEntry:
     """The entry of ``name``; :class:`ModelNotAvailableError` listing the known samples otherwise."""
     idx = load_index(index)
     if name not in idx.samples:
@@ -175,7 +139,7 @@ def get_entry(name: str, index: str | os.PathLike | Mapping[str, Any] | SampleIn
 def fetch(
     name: str,
     *,
-    index: str | os.PathLike | Mapping[str, Any] | SampleIndex | None = None,
+    index: IndexSource = None,
     endpoint: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
@@ -191,11 +155,11 @@ def fetch(
     if entry.status != "published":
         raise ModelNotAvailableError(
             f"sample {name!r} ({entry.filename} of dataset {entry.repo_id}) is not published yet; publish the file "
-            f"with labelfree_jax.hub.client.publish_files({{'{entry.filename}': PATH}}, '{entry.repo_id}', "
+            f"with labelfree_jax.hub.publish.publish_files({{'{entry.filename}': PATH}}, '{entry.repo_id}', "
             "repo_type='dataset') and record the returned revision and sha256 in datasets.json"
         )
     assert entry.revision is not None and entry.file is not None
-    paths = hub.download_files(
+    paths = download_files(
         entry.repo_id, [entry.filename], revision=entry.revision, repo_type="dataset",
         expected={entry.filename: entry.file}, endpoint=endpoint, cache_dir=cache_dir, token=token,
         force_download=force_download, hint=f"labelfree zoo fetch-sample {name}",

@@ -29,22 +29,23 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import importlib.resources
 import json
 import logging
 import os
-import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from labelfree_jax.core.atomic import atomic_write_text
 from labelfree_jax.core.errors import ConfigError, IntegrityError, ModelNotAvailableError
-from labelfree_jax.hub import client as hub
-from labelfree_jax.hub.client import FileRecord, PublishResult
+from labelfree_jax.core.schema import PixelSizes, StrictModel
+from labelfree_jax.hub.client import REQUIRED_PACKAGE_FILES, FileRecord, download_package
+from labelfree_jax.hub.index import IndexSource, check_entry_name, parse_index, read_model, shipped_index_path
+from labelfree_jax.hub.publish import PublishResult, publish_package, resolve_package_dir, stage_package
+from labelfree_jax.hub.refs import RepoId, RepoPath, is_commit_hash, parse_repo_ref
 from labelfree_jax.inference.model import Model, load_package
-from labelfree_jax.models.config import PackageConfig, parse_config
+from labelfree_jax.models.config import PackageConfig
 from labelfree_jax.transforms import Transform
 
 __all__ = [
@@ -52,23 +53,23 @@ __all__ = [
     "MODALITIES",
     "ModelEntry",
     "ModelIndex",
-    "ZooModel",
     "PublishedInfo",
     "ZooDefinition",
-    "index_path",
-    "load_index",
-    "list",
-    "get_entry",
+    "ZooModel",
+    "build_index",
+    "check_package_matches",
     "download",
-    "load",
-    "load_definition",
     "entry_from_definition",
     "entry_from_publish",
-    "build_index",
-    "write_index",
-    "check_package_matches",
-    "stage_zoo_model",
+    "get_entry",
+    "index_path",
+    "list",
+    "load",
+    "load_definition",
+    "load_index",
     "publish_zoo_model",
+    "stage_zoo_model",
+    "write_index",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,30 +78,10 @@ INDEX_FORMAT_VERSION = 1
 #: Transmitted-light modalities a zoo model can take as input.
 MODALITIES = ("bright-field", "DIC", "phase-contrast")
 DEFINITION_FILE = "package.json"
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+INDEX_FILE = "models.json"
 
 
-def _check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise ValueError(f"model name {name!r} must be lowercase letters, digits and '_' (at most 64)")
-    return name
-
-
-def _check_pixel_size(value: dict[str, float] | None) -> dict[str, float] | None:
-    if value is not None:
-        if set(value) - {"z", "y", "x"}:
-            raise ValueError(f"pixel size keys must be z, y, x; got {sorted(value)}")
-        if any(not v > 0 for v in value.values()):
-            raise ValueError("pixel sizes must be positive")
-    return value
-
-
-class ModelEntry(_Strict):
+class ModelEntry(StrictModel):
     """One model of the index.
 
     ``status == "published"`` needs ``revision`` (a 40-hex commit id) and ``files`` with at
@@ -108,47 +89,24 @@ class ModelEntry(_Strict):
     has ``revision: null`` and no files.
     """
 
-    repo_id: str
+    repo_id: RepoId
     status: Literal["published", "unpublished"]
     revision: str | None = None
     tag: str | None = None
-    files: dict[str, FileRecord] = {}
+    files: dict[RepoPath, FileRecord] = Field(default_factory=dict)
     modality: Literal["bright-field", "DIC", "phase-contrast"]
     structure: str
     description: str = ""
     ndim: Literal[2, 3] = 3
-    pixel_size_um: dict[str, float] | None = None
-    metrics: dict[str, float] = {}
-
-    @field_validator("repo_id")
-    @classmethod
-    def _repo(cls, value: str) -> str:
-        try:
-            return hub.validate_repo_id(value)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-
-    @field_validator("files")
-    @classmethod
-    def _files(cls, value: dict[str, FileRecord]) -> dict[str, FileRecord]:
-        for name in value:
-            try:
-                hub.validate_filename(name)
-            except ConfigError as err:
-                raise ValueError(str(err)) from None
-        return value
-
-    @field_validator("pixel_size_um")
-    @classmethod
-    def _pixels(cls, value):
-        return _check_pixel_size(value)
+    pixel_size_um: PixelSizes | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _status(self):
         if self.status == "published":
-            if not hub.is_commit_hash(self.revision):
+            if not is_commit_hash(self.revision):
                 raise ValueError(f"a published model needs revision = a 40-hex commit id, got {self.revision!r}")
-            missing = [f for f in hub.REQUIRED_PACKAGE_FILES if f not in self.files]
+            missing = [f for f in REQUIRED_PACKAGE_FILES if f not in self.files]
             if missing:
                 raise ValueError(f"a published model needs the sha256 of {missing} in files")
         else:
@@ -157,7 +115,7 @@ class ModelEntry(_Strict):
         return self
 
 
-class ModelIndex(_Strict):
+class ModelIndex(StrictModel):
     """``models.json``: ``{"format_version": 1, "models": {name: ModelEntry}}``."""
 
     format_version: Literal[1] = INDEX_FORMAT_VERSION
@@ -167,7 +125,7 @@ class ModelIndex(_Strict):
     @classmethod
     def _names(cls, value: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
         for name in value:
-            _check_name(name)
+            check_entry_name(name, what="model")
         return value
 
 
@@ -190,26 +148,19 @@ class ZooModel:
 # --------------------------------------------------------------------------------------------
 def index_path() -> Path:
     """The shipped index ``labelfree_jax/hub/zoo_index/models.json``."""
-    return Path(str(importlib.resources.files("labelfree_jax.hub").joinpath("zoo_index", "models.json")))
+    return shipped_index_path(INDEX_FILE)
 
 
-def load_index(index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None) -> ModelIndex:
-    """Parse a model index strictly: None (the shipped one), a JSON file, a dict or a :class:`ModelIndex`."""
-    if isinstance(index, ModelIndex):
-        return index
-    if index is None or isinstance(index, (str, os.PathLike)):
-        path = index_path() if index is None else Path(index)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read the model index: {err}") from err
-        return parse_config(ModelIndex, text, source=str(path))
-    if isinstance(index, Mapping):
-        return parse_config(ModelIndex, dict(index), source="model index (dict)")
-    raise ConfigError(f"index must be a path, a dict or a ModelIndex, got {type(index).__name__}")
+def load_index(index: IndexSource = None) -> ModelIndex:
+    """Parse a model index strictly: None (the shipped one), a JSON file, a dict or a :class:`ModelIndex`.
+
+    Raises:
+        ConfigError: unreadable, not JSON, or invalid (the message names the file).
+    """
+    return parse_index(ModelIndex, index, filename=INDEX_FILE, what="model index")
 
 
-def list(index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None) -> builtins.list[ZooModel]:
+def list(index: IndexSource = None) -> builtins.list[ZooModel]:
     """Every model of the index: name, modality, status (published/unpublished), revision, repo id ..."""
     idx = load_index(index)
     return [
@@ -219,7 +170,7 @@ def list(index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None
     ]
 
 
-def get_entry(name: str, index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None) -> ModelEntry:
+def get_entry(name: str, index: IndexSource = None) -> ModelEntry:
     """The index entry of ``name``; :class:`ModelNotAvailableError` listing the known names otherwise."""
     idx = load_index(index)
     if name not in idx.models:
@@ -242,14 +193,10 @@ def _unpublished_message(name: str, entry: ModelEntry) -> str:
 # --------------------------------------------------------------------------------------------
 # download / load
 # --------------------------------------------------------------------------------------------
-def _is_local(spec: str | os.PathLike) -> bool:
-    return isinstance(spec, os.PathLike) or os.path.isdir(spec)
-
-
 def download(
     name: str,
     *,
-    index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None,
+    index: IndexSource = None,
     endpoint: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
@@ -268,19 +215,19 @@ def download(
         entry = idx.models[name]
         if entry.status != "published":
             raise ModelNotAvailableError(_unpublished_message(name, entry))
-        return hub.download_package(
+        return download_package(
             entry.repo_id, entry.revision, files=entry.files, endpoint=endpoint, cache_dir=cache_dir,
             token=token, force_download=force_download, hint=f"labelfree zoo download {name}",
         )
     if "/" in name:
         try:
-            repo_id, revision = hub.parse_repo_ref(name)
+            repo_id, revision = parse_repo_ref(name)
         except ConfigError as err:
             raise ModelNotAvailableError(
                 f"{name!r} is not a zoo model ({', '.join(sorted(idx.models))}), not a model package folder, "
                 f"and not a valid 'org/name@revision': {err}"
             ) from err
-        return hub.download_package(
+        return download_package(
             repo_id, revision, endpoint=endpoint, cache_dir=cache_dir, token=token,
             force_download=force_download, hint=f"labelfree zoo download {name}",
         )
@@ -291,7 +238,7 @@ def download(
 def load(
     name_or_path: str | os.PathLike,
     *,
-    index: str | os.PathLike | Mapping[str, Any] | ModelIndex | None = None,
+    index: IndexSource = None,
     endpoint: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
@@ -352,23 +299,23 @@ def load(
 # --------------------------------------------------------------------------------------------
 # zoo definitions (source tree: zoo/<name>/package.json)
 # --------------------------------------------------------------------------------------------
-class PublishedInfo(_Strict):
+class PublishedInfo(StrictModel):
     """The pinned Hub state of a published zoo model."""
 
     revision: str
     tag: str | None = None
     files: dict[str, FileRecord]
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("revision")
     @classmethod
     def _commit(cls, value: str) -> str:
-        if not hub.is_commit_hash(value):
+        if not is_commit_hash(value):
             raise ValueError(f"revision must be a 40-hex commit id, got {value!r}")
         return value
 
 
-class ZooDefinition(_Strict):
+class ZooDefinition(StrictModel):
     """``zoo/<name>/package.json``: everything about a zoo model except its weights.
 
     ``signal_transforms`` / ``target_transforms`` / ``pixel_size_um`` / ``ndim`` must equal
@@ -383,15 +330,15 @@ class ZooDefinition(_Strict):
     name: str
     structure: str
     modality: Literal["bright-field", "DIC", "phase-contrast"]
-    repo_id: str
+    repo_id: RepoId
     description: str
     signal_description: str
     target_description: str
     ndim: Literal[2, 3] = 3
     signal_transforms: tuple[Transform, ...]
     target_transforms: tuple[Transform, ...]
-    pixel_size_um: dict[str, float]
-    raw_pixel_size_um: dict[str, float] | None = None
+    pixel_size_um: PixelSizes
+    raw_pixel_size_um: PixelSizes | None = None
     train_config: str = "train.json"
     model_card: str = "MODEL_CARD.md"
     license: str = "other"
@@ -404,20 +351,7 @@ class ZooDefinition(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return _check_name(value)
-
-    @field_validator("repo_id")
-    @classmethod
-    def _repo(cls, value: str) -> str:
-        try:
-            return hub.validate_repo_id(value)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-
-    @field_validator("pixel_size_um", "raw_pixel_size_um")
-    @classmethod
-    def _pixels(cls, value):
-        return _check_pixel_size(value)
+        return check_entry_name(value, what="model")
 
     @field_validator("train_config", "model_card")
     @classmethod
@@ -431,11 +365,7 @@ def load_definition(path: str | os.PathLike) -> ZooDefinition:
     """Read ``zoo/<name>/package.json`` (``path`` is the file or its folder); the folder name must equal ``name``."""
     path = Path(path)
     file = path / DEFINITION_FILE if path.is_dir() else path
-    try:
-        text = file.read_text()
-    except OSError as err:
-        raise ConfigError(f"{file}: cannot read the zoo definition: {err}") from err
-    defn = parse_config(ZooDefinition, text, source=str(file))
+    defn = read_model(ZooDefinition, file, what="zoo definition")
     if file.parent.name != defn.name:
         raise ConfigError(f"{file}: name {defn.name!r} differs from its folder {file.parent.name!r}")
     return defn
@@ -466,7 +396,7 @@ def entry_from_publish(
     modality: str = "bright-field",
     structure: str | None = None,
 ) -> ModelEntry:
-    """The index entry of a package just published (:func:`labelfree_jax.hub.client.publish_package`)."""
+    """The index entry of a package just published (:func:`labelfree_jax.hub.publish.publish_package`)."""
     return ModelEntry(
         repo_id=result.repo_id,
         status="published",
@@ -501,8 +431,6 @@ def _index_json(index: ModelIndex) -> str:
 
 def write_index(index: ModelIndex, path: str | os.PathLike | None = None) -> Path:
     """Write ``index`` as JSON (atomically) to ``path`` (default: the shipped ``models.json``)."""
-    from labelfree_jax.core.atomic import atomic_write_text
-
     path = index_path() if path is None else Path(path)
     return atomic_write_text(path, _index_json(index))
 
@@ -530,14 +458,14 @@ def check_package_matches(defn: ZooDefinition, config: PackageConfig, *, source:
 
 def _card_options(defn: ZooDefinition, definition_dir: Path) -> dict[str, Any]:
     card_file = definition_dir / defn.model_card
-    return dict(license=defn.license, license_name=defn.license_name, license_link=defn.license_link,
-                datasets=defn.datasets, tags=defn.tags, zoo_name=defn.name,
-                card_text=card_file.read_text() if card_file.is_file() else None)
+    return {"license": defn.license, "license_name": defn.license_name, "license_link": defn.license_link,
+            "datasets": defn.datasets, "tags": defn.tags, "zoo_name": defn.name,
+            "card_text": card_file.read_text() if card_file.is_file() else None}
 
 
 def _checked(definition_dir: Path, package_dir: str | os.PathLike) -> tuple[ZooDefinition, Path, Model]:
     defn = load_definition(definition_dir)
-    src = hub.resolve_package_dir(package_dir)
+    src = resolve_package_dir(package_dir)
     model = load_package(src)
     check_package_matches(defn, model.config, source=str(src))
     return defn, src, model
@@ -553,7 +481,7 @@ def stage_zoo_model(
     """Check a package against ``zoo/<name>`` and write the folder :func:`publish_zoo_model` would upload."""
     definition_dir = Path(definition_dir)
     defn, src, _ = _checked(definition_dir, package_dir)
-    return hub.stage_package(src, out_dir, repo_id=repo_id or defn.repo_id, **_card_options(defn, definition_dir))
+    return stage_package(src, out_dir, repo_id=repo_id or defn.repo_id, **_card_options(defn, definition_dir))
 
 
 def publish_zoo_model(
@@ -580,11 +508,9 @@ def publish_zoo_model(
     Returns:
         ``(PublishResult, ModelEntry)``: the entry to put in the index.
     """
-    from labelfree_jax.core.atomic import atomic_write_text
-
     definition_dir = Path(definition_dir)
     defn, src, model = _checked(definition_dir, package_dir)
-    result = hub.publish_package(
+    result = publish_package(
         src, repo_id or defn.repo_id, tag=tag, private=private, endpoint=endpoint, token=token,
         staging_dir=staging_dir, **_card_options(defn, definition_dir),
     )

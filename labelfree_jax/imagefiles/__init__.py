@@ -7,4 +7,4 @@ Owns reading (:mod:`.read`) and writing (:mod:`.write`); returns channel-first a
 from labelfree_jax.imagefiles.read import Image, read_array, read_image, select_channels
 from labelfree_jax.imagefiles.write import WRITABLE_DTYPES, write_ome_tiff
 
-__all__ = ["Image", "read_image", "read_array", "select_channels", "write_ome_tiff", "WRITABLE_DTYPES"]
+__all__ = ["WRITABLE_DTYPES", "Image", "read_array", "read_image", "select_channels", "write_ome_tiff"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from labelfree_jax.core.errors import InputError
 
-__all__ = ["ManifestRow", "read_manifest", "parse_channels", "PATH_COLUMNS"]
+__all__ = ["PATH_COLUMNS", "ManifestRow", "parse_channels", "read_manifest"]
 
 #: Columns naming one multi-channel file per row (instead of path_signal / path_target).
 PATH_COLUMNS = ("path", "path_czi")

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import tifffile
@@ -33,8 +33,8 @@ from labelfree_jax.core.errors import InputError
 
 __all__ = [
     "Image",
-    "read_image",
     "read_array",
+    "read_image",
     "select_channels",
 ]
 
@@ -262,7 +262,7 @@ def _ome_info(tif: tifffile.TiffFile, path: Path) -> tuple[list[str] | None, dic
     """Channel names and pixel sizes (µm) of the first OME image."""
     try:
         meta = tifffile.xml2dict(tif.ome_metadata or "")
-    except Exception as err:  # malformed XML: keep the pixels, drop the metadata
+    except Exception as err:  # noqa: BLE001 - malformed XML (any parser error): keep the pixels, drop the metadata
         logger.warning("%s: cannot parse OME metadata (%s); ignoring it", path, err)
         return None, {}
     image = meta.get("OME", {}).get("Image", {})
@@ -344,7 +344,7 @@ def _check_complete(tif: tifffile.TiffFile, data: np.ndarray, path: Path) -> Non
             expected = 1
             for k in ("SizeX", "SizeY", "SizeZ", "SizeC", "SizeT"):
                 expected *= int(pixels.get(k, 1))
-        except Exception:  # unreadable OME metadata is reported by _ome_info
+        except Exception:  # noqa: BLE001 - unreadable OME metadata is reported by _ome_info
             expected = None
     elif tif.is_imagej:
         ij = tif.imagej_metadata or {}
@@ -370,7 +370,7 @@ class _TiffErrorLog(logging.Handler):
         if record.thread == self.thread:
             self.messages.append(record.getMessage())
 
-    def __enter__(self) -> _TiffErrorLog:
+    def __enter__(self) -> Self:
         logging.getLogger("tifffile").addHandler(self)
         return self
 
@@ -466,7 +466,7 @@ def _read_czi(path: Path, axes: str | None) -> Image:
         stored_axes = czi.axes
         try:
             meta = czi.metadata(raw=False)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - czifile raises many types on bad metadata: keep the pixels
             logger.warning("%s: cannot read CZI metadata (%s); ignoring it", path, err)
             meta = {}
     # czifile: '0' is samples per pixel; B, S (scene), V, H, M, R, I are other dimensions

@@ -25,6 +25,71 @@ WRITABLE_DTYPES = tuple(
 )
 
 
+def _checked_array(p: Path, data: np.ndarray, axes: str | None) -> tuple[np.ndarray, str]:
+    """Check ``data`` against ``axes`` (inferred when None); return it with a leading C axis and its axes.
+
+    Raises:
+        InputError: bad shape, axes or dtype (the message names ``p``).
+    """
+    arr = np.asarray(data)
+    if axes is None:
+        inferred = {4: "CZYX", 3: "CYX", 2: "YX"}.get(arr.ndim)
+        if inferred is None:
+            raise InputError(f"{p}: cannot write an array of shape {arr.shape}; expected (C,Z,Y,X) or (C,Y,X)")
+        axes = inferred
+    axes = axes.upper()
+    if axes not in ("CZYX", "CYX", "ZYX", "YX"):
+        raise InputError(f"{p}: axes must be 'CZYX', 'CYX', 'ZYX' or 'YX'; got {axes!r}")
+    if arr.ndim != len(axes):
+        raise InputError(f"{p}: data shape {arr.shape} does not match axes {axes!r}")
+    if arr.size == 0:
+        raise InputError(f"{p}: cannot write an empty array (shape {arr.shape})")
+    if arr.dtype not in WRITABLE_DTYPES:
+        raise InputError(
+            f"{p}: cannot write dtype {arr.dtype}; use one of {', '.join(str(d) for d in WRITABLE_DTYPES)} "
+            f"(e.g. data.astype(np.float32))"
+        )
+    if "C" not in axes:
+        arr = arr[np.newaxis]
+        axes = "C" + axes
+    return arr, axes
+
+
+def _ome_metadata(
+    p: Path,
+    axes: str,
+    n_channels: int,
+    channel_names: Sequence[str] | None,
+    pixel_sizes: dict[str, float] | None,
+) -> dict[str, Any]:
+    """The OME metadata tifffile writes: axes, channel names, physical pixel sizes (µm).
+
+    Raises:
+        InputError: wrong number of channel names, or a pixel size that is not a positive
+            number of a spatial axis of ``axes`` (the message names ``p``).
+    """
+    metadata: dict[str, Any] = {"axes": axes}
+    if channel_names is not None:
+        names = [str(n) for n in channel_names]
+        if isinstance(channel_names, str) or len(names) != n_channels:
+            raise InputError(f"{p}: {n_channels} channel(s) but channel_names={channel_names!r}")
+        metadata["Channel"] = {"Name": names}
+    if pixel_sizes:
+        spatial = [a.lower() for a in axes[1:]]
+        for k, v in pixel_sizes.items():
+            if k not in spatial:
+                raise InputError(f"{p}: pixel size axis {k!r} is not a spatial axis of {axes!r}")
+            try:
+                fv = float(v)
+            except (TypeError, ValueError):
+                raise InputError(f"{p}: pixel size {k}={v!r} is not a number") from None
+            if not (math.isfinite(fv) and fv > 0):
+                raise InputError(f"{p}: pixel size {k}={v!r} must be a positive number of µm")
+            metadata[f"PhysicalSize{k.upper()}"] = fv
+            metadata[f"PhysicalSize{k.upper()}Unit"] = "µm"
+    return metadata
+
+
 def write_ome_tiff(
     path: str | os.PathLike[str],
     data: np.ndarray,
@@ -52,46 +117,8 @@ def write_ome_tiff(
             file is left behind).
     """
     p = Path(path)
-    arr = np.asarray(data)
-    if axes is None:
-        inferred = {4: "CZYX", 3: "CYX", 2: "YX"}.get(arr.ndim)
-        if inferred is None:
-            raise InputError(f"{p}: cannot write an array of shape {arr.shape}; expected (C,Z,Y,X) or (C,Y,X)")
-        axes = inferred
-    axes = axes.upper()
-    if axes not in ("CZYX", "CYX", "ZYX", "YX"):
-        raise InputError(f"{p}: axes must be 'CZYX', 'CYX', 'ZYX' or 'YX'; got {axes!r}")
-    if arr.ndim != len(axes):
-        raise InputError(f"{p}: data shape {arr.shape} does not match axes {axes!r}")
-    if arr.size == 0:
-        raise InputError(f"{p}: cannot write an empty array (shape {arr.shape})")
-    if arr.dtype not in WRITABLE_DTYPES:
-        raise InputError(
-            f"{p}: cannot write dtype {arr.dtype}; use one of {', '.join(str(d) for d in WRITABLE_DTYPES)} "
-            f"(e.g. data.astype(np.float32))"
-        )
-    if "C" not in axes:
-        arr = arr[np.newaxis]
-        axes = "C" + axes
-    metadata: dict[str, Any] = {"axes": axes}
-    if channel_names is not None:
-        names = [str(n) for n in channel_names]
-        if isinstance(channel_names, str) or len(names) != arr.shape[0]:
-            raise InputError(f"{p}: {arr.shape[0]} channel(s) but channel_names={channel_names!r}")
-        metadata["Channel"] = {"Name": names}
-    if pixel_sizes:
-        spatial = [a.lower() for a in axes[1:]]
-        for k, v in pixel_sizes.items():
-            if k not in spatial:
-                raise InputError(f"{p}: pixel size axis {k!r} is not a spatial axis of {axes!r}")
-            try:
-                fv = float(v)
-            except (TypeError, ValueError):
-                raise InputError(f"{p}: pixel size {k}={v!r} is not a number") from None
-            if not (math.isfinite(fv) and fv > 0):
-                raise InputError(f"{p}: pixel size {k}={v!r} must be a positive number of µm")
-            metadata[f"PhysicalSize{k.upper()}"] = fv
-            metadata[f"PhysicalSize{k.upper()}Unit"] = "µm"
+    arr, axes = _checked_array(p, data, axes)
+    metadata = _ome_metadata(p, axes, arr.shape[0], channel_names, pixel_sizes)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{p}: folder {folder} does not exist")

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from labelfree_jax.core.errors import InputError
+from labelfree_jax.inference.predict import predict_array
 from labelfree_jax.models.config import PackageConfig
 from labelfree_jax.models.fnet import build_network
 from labelfree_jax.models.package import read_package, save_package
@@ -87,8 +88,6 @@ class Model:
 
         See :func:`labelfree_jax.inference.predict.predict_array` for the options.
         """
-        from labelfree_jax.inference.predict import predict_array  # noqa: PLC0415 (predict imports Model)
-
         return predict_array(self, x, **kwargs)
 
     def save(self, path: str | Path, *, model_card: str | None = None) -> Path:

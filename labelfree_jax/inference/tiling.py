@@ -39,15 +39,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 __all__ = [
-    "TilePlan",
-    "plan_tiles",
-    "resolve_overlap",
-    "blend_weights",
-    "pad_to_plan",
-    "run_tiles",
-    "predict_tiled",
     "BLEND_KINDS",
     "PAD_MODES",
+    "TilePlan",
+    "blend_weights",
+    "pad_to_plan",
+    "plan_tiles",
+    "predict_tiled",
+    "resolve_overlap",
+    "run_tiles",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def resolve_overlap(tile_shape: Sequence[int], overlap) -> tuple[int, ...]:
     out = []
     for o, t in zip(_per_axis(overlap, len(tile_shape), "overlap"), tile_shape):
         if isinstance(o, (float, np.floating)) and 0.0 <= o < 1.0:
-            out.append(int(round(o * t)))
+            out.append(round(float(o * t)))
         elif isinstance(o, (int, float, np.integer, np.floating)) and not isinstance(o, bool) and o == int(o):
             out.append(int(o))
         else:
@@ -339,6 +339,31 @@ def pad_to_plan(x: np.ndarray, plan: TilePlan) -> np.ndarray:
     return x
 
 
+def _weights_for(plan: TilePlan, weights: np.ndarray | str | None) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """The blending weights of the tile starting at a corner, as :func:`run_tiles` describes ``weights``."""
+    if weights is None:
+        weights = np.ones(plan.tile_shape, np.float32)
+    if isinstance(weights, str):
+        kind = weights
+        if kind not in BLEND_KINDS:
+            raise ValueError(f"blend must be one of {BLEND_KINDS}, got {kind!r}")
+        cache: dict = {}
+
+        def tapered(corner):
+            key = _tile_taper(plan, corner)
+            if key not in cache:
+                cache[key] = blend_weights(plan.tile_shape, plan.overlap, kind, taper=key)
+            return cache[key]
+
+        return tapered
+    fixed = np.asarray(weights, dtype=np.float32)
+    if fixed.shape != plan.tile_shape:
+        raise ValueError(f"weights shape {fixed.shape} != tile shape {plan.tile_shape}")
+    if not np.all(fixed > 0):
+        raise ValueError("blending weights must be strictly positive")
+    return lambda corner: fixed
+
+
 def run_tiles(
     fn: Callable,
     x: np.ndarray,
@@ -372,29 +397,7 @@ def run_tiles(
         raise ValueError(f"expected a (C, *{plan.ndim} spatial axes) array, got shape {x.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if weights is None:
-        weights = np.ones(plan.tile_shape, np.float32)
-    if isinstance(weights, str):
-        kind = weights
-        if kind not in BLEND_KINDS:
-            raise ValueError(f"blend must be one of {BLEND_KINDS}, got {kind!r}")
-        cache: dict = {}
-
-        def weights_for(corner):
-            key = _tile_taper(plan, corner)
-            if key not in cache:
-                cache[key] = blend_weights(plan.tile_shape, plan.overlap, kind, taper=key)
-            return cache[key]
-
-    else:
-        fixed = np.asarray(weights, dtype=np.float32)
-        if fixed.shape != plan.tile_shape:
-            raise ValueError(f"weights shape {fixed.shape} != tile shape {plan.tile_shape}")
-        if not np.all(fixed > 0):
-            raise ValueError("blending weights must be strictly positive")
-
-        def weights_for(corner):
-            return fixed
+    weights_for = _weights_for(plan, weights)
     xp = pad_to_plan(x, plan)
     c_in = xp.shape[0]
     slices = list(plan.tile_slices())  # small: n_tiles tuples of slices, no array data

@@ -40,6 +40,115 @@ def _fmt_transforms(transforms) -> list[str]:
     return out
 
 
+def _front_matter(
+    config: PackageConfig,
+    short: str,
+    metrics: dict[str, float],
+    loss: str | None,
+    *,
+    license: str,
+    license_name: str | None,
+    license_link: str | None,
+    datasets: list[str],
+    tags: Iterable[str],
+) -> str:
+    """The card's YAML metadata (without the ``---`` fences): licence, tags, datasets, ``model-index``."""
+    all_tags = ["labelfree-jax", "jax", "flax", "microscopy", "label-free-prediction", "image-to-image",
+                "fnet", "u-net", f"{config.network.ndim}d"]
+    all_tags += [t for t in tags if t not in all_tags]
+    meta: dict[str, Any] = {"library_name": LIBRARY_NAME, "license": license}
+    if license == "other":
+        meta["license_name"] = license_name or "see-model-card"
+        if license_link:
+            meta["license_link"] = license_link
+    meta["tags"] = all_tags
+    if datasets:
+        meta["datasets"] = datasets
+    meta["pipeline_tag"] = "image-to-image"
+    if metrics:
+        meta["metrics"] = sorted({_metric_type(k, loss) for k in metrics})
+        results = []
+        for split in ("validation", "train"):
+            chosen = {k: v for k, v in metrics.items() if (split == "train") == k.lower().startswith("train")}
+            if not chosen:
+                continue
+            results.append({
+                "task": {"type": "image-to-image", "name": "Label-free prediction"},
+                "dataset": {"type": datasets[0] if datasets else "custom",
+                            "name": datasets[0] if datasets else f"{config.name} {split} patches", "split": split},
+                "metrics": [{"type": _metric_type(k, loss), "value": round(v, 6), "name": k} for k, v in chosen.items()],
+            })
+        meta["model-index"] = [{"name": short, "results": results}]
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def _pixel_size_text(pixel_sizes: Mapping[str, float] | None) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in pixel_sizes.items()) + " µm" if pixel_sizes else "not recorded"
+
+
+def _usage_and_model_lines(config: PackageConfig, repo_id: str | None, zoo_name: str | None) -> list[str]:
+    """The Usage, Network and Transforms sections."""
+    net = config.network
+    return [
+        "## Usage", "",
+        "```python",
+        "from labelfree_jax import zoo",
+        "",
+        *([f'model = zoo.load("{zoo_name}")   # the zoo entry pins the commit and the sha256 of every file']
+          if zoo_name else []),
+        *([f'model = zoo.load("{repo_id}@<commit>")   # any revision; verified against the Hub\'s hashes']
+          if repo_id else ['model = zoo.load("path/to/this/package")   # a local package folder']),
+        (f"prediction = model.predict(signal)   # signal: {'(C, Z, Y, X)' if net.ndim == 3 else '(C, Y, X)'} "
+         f"float32, C = {net.in_channels}"),
+        "```", "",
+        ("The weights are `model.safetensors` (no pickle), the configuration is strict JSON "
+         "(`config.json`); nothing in this repository is executed when loading."), "",
+        "## Network", "",
+        (f"* fnet U-Net, {net.ndim}D, depth {net.depth}, {net.first_channels} channels at the first level, "
+         f"{net.in_channels} input -> {net.out_channels} output channel(s); spatial sides must be multiples "
+         f"of {net.size_multiple} (prediction pads and tiles any size)."),
+        "",
+        "## Transforms", "",
+        f"* signal ({config.signal_description}): " + (" -> ".join(_fmt_transforms(config.signal_transforms)) or "none"),
+        f"* target ({config.target_description}): " + (" -> ".join(_fmt_transforms(config.target_transforms)) or "none"),
+        f"* working pixel size: {_pixel_size_text(config.pixel_size_um)}",
+        ("* a prediction is returned on the input's grid, in the units of the normalized target "
+         "(z-scored per image when the target transforms normalize)."),
+        "",
+    ]
+
+
+def _training_and_metrics_lines(config: PackageConfig, metrics: dict[str, float], card_text: str | None) -> list[str]:
+    """The Training and Measured metrics sections, then ``card_text`` or a generic Limitations section."""
+    lines: list[str] = []
+    if config.training:
+        lines += ["## Training", ""]
+        for key in ("steps", "batch_size", "patch_shape", "loss", "optimizer", "schedule", "seed", "train_manifest"):
+            if key in config.training:
+                lines.append(f"* {key}: `{json.dumps(config.training[key])}`")
+        lines.append("")
+    lines += ["## Measured metrics", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
+        lines += ["", ("Measured at the end of training: `val_*` on held-out validation patches, `train_*` on the "
+                       "last training batches (on the working grid, normalized units).")]
+    else:
+        lines.append("No metrics were recorded with this package.")
+    lines.append("")
+    if card_text and card_text.strip():
+        lines += [card_text.strip(), ""]
+    else:
+        lines += [
+            "## Limitations", "",
+            ("* Predictions are estimates of where the labelled structure is, not measurements; check them against "
+             "real fluorescence before drawing conclusions."),
+            ("* The model only applies to images like its training data (cell type, microscope, objective, "
+             "pixel size, transmitted-light modality); outside that it can fail without warning."),
+            "",
+        ]
+    return lines
+
+
 def render_model_card(
     config: PackageConfig,
     *,
@@ -77,40 +186,10 @@ def render_model_card(
     short = repo_id.split("/", 1)[1] if repo_id else config.name
     metrics = dict(config.metrics if metrics is None else metrics)
     metrics = {k: float(v) for k, v in metrics.items()}
-    net = config.network
     loss = config.training.get("loss") if isinstance(config.training, dict) else None
-    all_tags = ["labelfree-jax", "jax", "flax", "microscopy", "label-free-prediction", "image-to-image",
-                "fnet", "u-net", f"{net.ndim}d"]
-    all_tags += [t for t in tags if t not in all_tags]
-    meta: dict[str, Any] = {"library_name": LIBRARY_NAME, "license": license}
-    if license == "other":
-        meta["license_name"] = license_name or "see-model-card"
-        if license_link:
-            meta["license_link"] = license_link
-    meta["tags"] = all_tags
     datasets = [d for d in datasets]
-    if datasets:
-        meta["datasets"] = datasets
-    meta["pipeline_tag"] = "image-to-image"
-    if metrics:
-        meta["metrics"] = sorted({_metric_type(k, loss) for k in metrics})
-        results = []
-        for split in ("validation", "train"):
-            chosen = {k: v for k, v in metrics.items() if (split == "train") == k.lower().startswith("train")}
-            if not chosen:
-                continue
-            results.append({
-                "task": {"type": "image-to-image", "name": "Label-free prediction"},
-                "dataset": {"type": datasets[0] if datasets else "custom",
-                            "name": datasets[0] if datasets else f"{config.name} {split} patches", "split": split},
-                "metrics": [{"type": _metric_type(k, loss), "value": round(v, 6), "name": k} for k, v in chosen.items()],
-            })
-        meta["model-index"] = [{"name": short, "results": results}]
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
-
-    def pix(p):
-        return ", ".join(f"{k} {v:g}" for k, v in p.items()) + " µm" if p else "not recorded"
-
+    front = _front_matter(config, short, metrics, loss, license=license, license_name=license_name,
+                          license_link=license_link, datasets=datasets, tags=tags)
     lines = [
         "---", front.rstrip("\n"), "---", "",
         f"# {short}: {config.target_description} from {config.signal_description}", "",
@@ -118,57 +197,7 @@ def render_model_card(
     ]
     if revision_note:
         lines += [revision_note, ""]
-    lines += [
-        "## Usage", "",
-        "```python",
-        "from labelfree_jax import zoo",
-        "",
-        *([f'model = zoo.load("{zoo_name}")   # the zoo entry pins the commit and the sha256 of every file']
-          if zoo_name else []),
-        *([f'model = zoo.load("{repo_id}@<commit>")   # any revision; verified against the Hub\'s hashes']
-          if repo_id else ['model = zoo.load("path/to/this/package")   # a local package folder']),
-        f"prediction = model.predict(signal)   # signal: {'(C, Z, Y, X)' if net.ndim == 3 else '(C, Y, X)'} "
-        f"float32, C = {net.in_channels}",
-        "```", "",
-        "The weights are `model.safetensors` (no pickle), the configuration is strict JSON "
-        "(`config.json`); nothing in this repository is executed when loading.", "",
-        "## Network", "",
-        f"* fnet U-Net, {net.ndim}D, depth {net.depth}, {net.first_channels} channels at the first level, "
-        f"{net.in_channels} input -> {net.out_channels} output channel(s); spatial sides must be multiples "
-        f"of {net.size_multiple} (prediction pads and tiles any size).",
-        "",
-        "## Transforms", "",
-        f"* signal ({config.signal_description}): " + (" -> ".join(_fmt_transforms(config.signal_transforms)) or "none"),
-        f"* target ({config.target_description}): " + (" -> ".join(_fmt_transforms(config.target_transforms)) or "none"),
-        f"* working pixel size: {pix(config.pixel_size_um)}",
-        "* a prediction is returned on the input's grid, in the units of the normalized target "
-        "(z-scored per image when the target transforms normalize).",
-        "",
-    ]
-    if config.training:
-        lines += ["## Training", ""]
-        for key in ("steps", "batch_size", "patch_shape", "loss", "optimizer", "schedule", "seed", "train_manifest"):
-            if key in config.training:
-                lines.append(f"* {key}: `{json.dumps(config.training[key])}`")
-        lines.append("")
-    lines += ["## Measured metrics", ""]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
-        lines += ["", "Measured at the end of training: `val_*` on held-out validation patches, `train_*` on the "
-                  "last training batches (on the working grid, normalized units)."]
-    else:
-        lines.append("No metrics were recorded with this package.")
-    lines.append("")
-    if card_text and card_text.strip():
-        lines += [card_text.strip(), ""]
-    else:
-        lines += [
-            "## Limitations", "",
-            "* Predictions are estimates of where the labelled structure is, not measurements; check them against "
-            "real fluorescence before drawing conclusions.",
-            "* The model only applies to images like its training data (cell type, microscope, objective, "
-            "pixel size, transmitted-light modality); outside that it can fail without warning.",
-            "",
-        ]
+    lines += _usage_and_model_lines(config, repo_id, zoo_name)
+    lines += _training_and_metrics_lines(config, metrics, card_text)
     lines += [f"{'Published' if repo_id else 'Written'} with labelfree-jax {__version__}.", ""]
     return "\n".join(lines)

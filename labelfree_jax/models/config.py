@@ -1,36 +1,33 @@
 """Typed configuration data: the network and the model package.
 
 Config is data, never code: every class here is a strict pydantic model
-(unknown keys are errors) that round-trips through JSON.
+(:class:`~labelfree_jax.core.schema.StrictModel`: unknown keys are errors, instances are
+frozen) that round-trips through JSON.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field
 
-from labelfree_jax.core.errors import ConfigError
+from labelfree_jax.core.schema import PixelSizes, StrictModel, load_model, parse_model
 from labelfree_jax.transforms import Transform
 
 __all__ = [
-    "NetworkConfig",
-    "PredictionDefaults",
-    "PackageConfig",
     "PACKAGE_FORMAT_VERSION",
-    "parse_config",
+    "NetworkConfig",
+    "PackageConfig",
+    "PredictionDefaults",
 ]
 
 PACKAGE_FORMAT_VERSION = 1
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+M = TypeVar("M", bound=BaseModel)
 
 
-class NetworkConfig(_Strict):
+class NetworkConfig(StrictModel):
     """The pytorch_fnet U-Net.
 
     ``depth`` down/up levels; the first level has ``base_channels`` channels
@@ -59,7 +56,7 @@ class NetworkConfig(_Strict):
         return 2**self.depth
 
 
-class PredictionDefaults(_Strict):
+class PredictionDefaults(StrictModel):
     """Tiling defaults stored with a model (None: chosen by the predictor)."""
 
     tile_shape: tuple[int, ...] | None = None
@@ -67,7 +64,7 @@ class PredictionDefaults(_Strict):
     blend: Literal["gaussian", "triangular", "uniform"] = "gaussian"
 
 
-class PackageConfig(_Strict):
+class PackageConfig(StrictModel):
     """Everything needed to use a trained network: the ``config.json`` of a model package.
 
     Transforms are applied in order to the signal (input) before the network;
@@ -87,50 +84,29 @@ class PackageConfig(_Strict):
     target_channels: tuple[int | str, ...] | None = None
     signal_description: str = "transmitted light"
     target_description: str = "fluorescence"
-    pixel_size_um: dict[str, float] | None = None
+    pixel_size_um: PixelSizes | None = None
     prediction: PredictionDefaults = PredictionDefaults()
-    metrics: dict[str, float] = {}
-    training: dict[str, Any] = {}
-
-    @field_validator("pixel_size_um")
-    @classmethod
-    def _check_pixel_size(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is not None:
-            bad = set(value) - {"z", "y", "x"}
-            if bad:
-                raise ValueError(f"pixel_size_um keys must be z, y, x; got {sorted(bad)}")
-            if any(v <= 0 for v in value.values()):
-                raise ValueError("pixel sizes must be positive")
-        return value
+    metrics: dict[str, float] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
 
     def to_json(self) -> str:
+        """The ``config.json`` text (indented JSON; :meth:`from_json` of it gives an equal config)."""
         return self.model_dump_json(indent=2)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "config") -> PackageConfig:
-        return parse_config(cls, text, source=source)
+        """Parse ``config.json`` text.
+
+        Raises:
+            ConfigError: malformed JSON or invalid content (the message names ``source``).
+        """
+        return parse_model(cls, text, source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> PackageConfig:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config: {err}") from err
-        return parse_config(cls, text, source=str(path))
+        """Read a ``config.json`` file.
 
-
-def parse_config(model: type[BaseModel], text: str | bytes | dict, *, source: str = "config"):
-    """Parse JSON text (or a dict) into ``model``, raising :class:`ConfigError` naming ``source``."""
-    try:
-        if isinstance(text, dict):
-            return model.model_validate(text)
-        json.loads(text)  # a clearer message for malformed JSON than pydantic's
-        return model.model_validate_json(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{source}: not valid JSON: {err}") from err
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"{source}: invalid {model.__name__}: {problems}") from err
+        Raises:
+            ConfigError: unreadable file, malformed JSON or invalid content (the message names ``path``).
+        """
+        return load_model(cls, path)

@@ -35,13 +35,13 @@ from labelfree_jax.models import ops
 from labelfree_jax.models.config import NetworkConfig
 
 __all__ = [
-    "FnetUNet",
     "Conv",
+    "FnetUNet",
     "build_network",
+    "count_parameters",
     "init_variables",
     "random_variables",
     "variable_shapes",
-    "count_parameters",
 ]
 
 Dtype = Any

@@ -81,16 +81,16 @@ import jax.numpy as jnp
 from labelfree_jax.core.errors import ConfigError
 
 __all__ = [
-    "CONV_IMPL_ENV",
     "CONV_IMPLS",
+    "CONV_IMPL_ENV",
     "FORWARD_FORMS",
     "KERNEL_GRAD_FORMS",
     "ConvPlan",
-    "plan_conv",
+    "conv_down2",
     "conv_same",
     "conv_same_reference",
-    "conv_down2",
     "conv_up2",
+    "plan_conv",
 ]
 
 _CHUNK_VOXELS = 2048
@@ -191,7 +191,7 @@ def _conv3d_depth_out3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def _shifted(x: jax.Array, kernel_size: tuple[int, int, int]) -> list[jax.Array]:
     """The ``kd*kh*kw`` zero-padded shifts ``x[z + i - kd//2, y + j - kh//2, x + l - kw//2]`` (tap order i, j, l)."""
-    b, d, h, w, _ = x.shape
+    _, d, h, w, _ = x.shape
     kd, kh, kw = kernel_size
     xp = jnp.pad(x, ((0, 0), (kd // 2,) * 2, (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
     return [xp[:, i : i + d, j : j + h, l : l + w] for i in range(kd) for j in range(kh) for l in range(kw)]
@@ -257,7 +257,7 @@ def _kernel_grad_slices(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...
 
 
 def _kernel_grad_stack_input(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
-    kd, kh, kw, c, o = kernel_shape
+    kd, kh, kw, _, _ = kernel_shape
     cols = jnp.stack(_shifted(x, (kd, kh, kw)), axis=0)  # (taps, B, D, H, W, C)
     return jnp.einsum("tbdhwc,bdhwo->tco", cols, g).reshape(kernel_shape)
 
@@ -265,7 +265,7 @@ def _kernel_grad_stack_input(x: jax.Array, g: jax.Array, kernel_shape: tuple[int
 def _kernel_grad_stack_output(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]) -> jax.Array:
     # dk[t] = sum_v x[v + s_t] g[v] = sum_u x_pad[u] g_t[u], with g_t = g placed at offset t
     # of the padded grid: the 27 placed copies of g are stacked and contracted with x_pad once.
-    kd, kh, kw, c, o = kernel_shape
+    kd, kh, kw, _, _ = kernel_shape
     sizes = (kd, kh, kw)
     xp = jnp.pad(x, ((0, 0), (kd // 2,) * 2, (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
     placed = []

@@ -29,15 +29,15 @@ from labelfree_jax.models.config import NetworkConfig, PackageConfig
 from labelfree_jax.models.fnet import variable_shapes
 
 __all__ = [
-    "save_package",
-    "read_package",
-    "flatten_variables",
-    "unflatten_variables",
-    "expected_shapes",
-    "CONFIG_FILE",
-    "WEIGHTS_FILE",
     "CARD_FILE",
+    "CONFIG_FILE",
     "PACKAGE_FILES",
+    "WEIGHTS_FILE",
+    "expected_shapes",
+    "flatten_variables",
+    "read_package",
+    "save_package",
+    "unflatten_variables",
 ]
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,11 @@ the network (:class:`~labelfree_jax.models.config.NetworkConfig`), the optimizer
 schedule, the patch loader (patch shape, batch size, image buffer, augmentation), the
 number of steps, checkpoint/validation intervals and the seed. Unknown keys are errors.
 
+A run config also translates itself for the parts of a run: :meth:`RunConfig.loader_options`
+(the patch loader's settings, :class:`LoaderOptions`) and :meth:`RunConfig.package_config`
+(the :class:`~labelfree_jax.models.config.PackageConfig` of the trained model, with the
+training recipe in its ``training`` record).
+
 Paths in a config file (``data.*.manifest``) are relative to the folder of that file;
 :func:`load_run_config` turns them into absolute paths. Paths in a :class:`RunConfig`
 built in Python are relative to the current directory.
@@ -25,38 +30,34 @@ Example (2D, 13 input channels)::
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from labelfree_jax.core.errors import ConfigError
-from labelfree_jax.models.config import NetworkConfig, parse_config
+from labelfree_jax.core.schema import PixelSizes, StrictModel, load_model, parse_model
+from labelfree_jax.models.config import NetworkConfig, PackageConfig
 from labelfree_jax.transforms import Transform
 
 __all__ = [
     "RUN_CONFIG_VERSION",
-    "DatasetConfig",
-    "DataConfig",
-    "OptimizerConfig",
-    "ScheduleConfig",
     "AugmentationConfig",
+    "DataConfig",
+    "DatasetConfig",
+    "LoaderOptions",
+    "OptimizerConfig",
     "RunConfig",
+    "ScheduleConfig",
     "load_run_config",
     "resolve_paths",
 ]
 
 RUN_CONFIG_VERSION = 1
 
-_AXES = ("z", "y", "x")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatasetConfig(_Strict):
+class DatasetConfig(StrictModel):
     """One dataset: a CSV manifest plus how to read its files.
 
     ``manifest`` is a CSV file with either
@@ -101,7 +102,7 @@ class DatasetConfig(_Strict):
         return value
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Training data and validation data.
 
     Validation comes from ``validation`` (its own manifest / region) or, when that is
@@ -122,7 +123,7 @@ class DataConfig(_Strict):
         return self
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     """Adam (the paper: lr 1e-3, betas (0.5, 0.999)) or AdamW; optional global-norm clipping."""
 
     name: Literal["adam", "adamw"] = "adam"
@@ -146,7 +147,7 @@ class OptimizerConfig(_Strict):
         return self
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     """Learning-rate schedule (multiplies ``optimizer.learning_rate``).
 
     * ``constant`` (the paper);
@@ -175,7 +176,7 @@ class ScheduleConfig(_Strict):
         return self
 
 
-class AugmentationConfig(_Strict):
+class AugmentationConfig(StrictModel):
     """Random flips of each spatial axis (p = 0.5 each) and 90° rotations in the y-x plane.
 
     Applied identically to signal, target and weight map of a patch.
@@ -185,7 +186,7 @@ class AugmentationConfig(_Strict):
     rotate90: bool = False
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """Everything a training run needs (see the module docstring for an example).
 
     Loader: every patch comes from one of ``buffer_size`` transformed images held in
@@ -229,18 +230,7 @@ class RunConfig(_Strict):
     seed: int = 0
     signal_description: str = "transmitted light"
     target_description: str = "fluorescence"
-    pixel_size_um: dict[str, float] | None = None
-
-    @field_validator("pixel_size_um")
-    @classmethod
-    def _check_pixel_size(cls, value):
-        if value is not None:
-            bad = set(value) - set(_AXES)
-            if bad:
-                raise ValueError(f"pixel_size_um keys must be z, y, x; got {sorted(bad)}")
-            if any(not v > 0 for v in value.values()):
-                raise ValueError("pixel sizes must be positive (µm)")
-        return value
+    pixel_size_um: PixelSizes | None = None
 
     @model_validator(mode="after")
     def _check_patch(self):
@@ -262,7 +252,96 @@ class RunConfig(_Strict):
 
     @classmethod
     def from_json(cls, text: str | bytes | dict, *, source: str = "run config") -> RunConfig:
-        return parse_config(cls, text, source=source)
+        """Parse JSON text (or a decoded mapping); raises ConfigError naming ``source``."""
+        return parse_model(cls, text, source=source)
+
+    def digest(self) -> str:
+        """A short fingerprint of the whole config (16 hex digits of the SHA-256 of :meth:`to_json`)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def loader_options(self) -> LoaderOptions:
+        """The patch loader's settings from this config (see :class:`LoaderOptions`)."""
+        return LoaderOptions(
+            patch_shape=tuple(self.patch_shape),
+            batch_size=self.batch_size,
+            buffer_size=self.buffer_size,
+            buffer_switch_interval=self.buffer_switch_interval,
+            shuffle_images=self.shuffle_images,
+            flip=self.augmentation.flip,
+            rotate90=self.augmentation.rotate90,
+            seed=self.seed,
+            prefetch=self.prefetch_batches,
+            use_weights=self.loss == "weighted_mse",
+        )
+
+    def training_record(self, steps: int) -> dict[str, Any]:
+        """What the package records of how it was trained (``PackageConfig.training``), after ``steps`` steps."""
+        record: dict[str, Any] = {
+            "steps": int(steps),
+            "batch_size": self.batch_size,
+            "patch_shape": list(self.patch_shape),
+            "optimizer": self.optimizer.model_dump(mode="json"),
+            "schedule": self.schedule.model_dump(mode="json"),
+            "loss": self.loss,
+            "compute_dtype": self.compute_dtype,
+            "buffer_size": self.buffer_size,
+            "buffer_switch_interval": self.buffer_switch_interval,
+            "augmentation": self.augmentation.model_dump(mode="json"),
+            "seed": self.seed,
+            "run_config_digest": self.digest(),
+        }
+        train = self.data.train if self.data is not None else None
+        if train is not None:
+            record["train_manifest"] = Path(train.manifest).name
+            if train.region:
+                record["train_region"] = {k: list(v) for k, v in train.region.items()}
+        return record
+
+    def package_config(self, *, metrics: dict[str, float], steps: int) -> PackageConfig:
+        """The model package's config for the network this run trained in ``steps`` steps.
+
+        The package's signal transforms are ``signal_transforms`` followed by
+        ``prediction_signal_transforms``; channels come from the training dataset;
+        ``training`` is :meth:`training_record`.
+        """
+        train = self.data.train if self.data is not None else None
+        return PackageConfig(
+            name=self.name,
+            description=self.description,
+            network=self.model,
+            signal_transforms=tuple(self.signal_transforms) + tuple(self.prediction_signal_transforms),
+            target_transforms=self.target_transforms,
+            signal_channels=train.signal_channels if train is not None else None,
+            target_channels=train.target_channels if train is not None else None,
+            signal_description=self.signal_description,
+            target_description=self.target_description,
+            pixel_size_um=self.pixel_size_um,
+            metrics=metrics,
+            training=self.training_record(steps),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderOptions:
+    """The :class:`~labelfree_jax.training.loader.PatchLoader` settings of a run config.
+
+    The field names are the loader's keyword arguments (``PatchLoader(dataset, **options.kwargs(), ...)``);
+    ``use_weights`` is True for the ``weighted_mse`` loss.
+    """
+
+    patch_shape: tuple[int, ...]
+    batch_size: int
+    buffer_size: int
+    buffer_switch_interval: int
+    shuffle_images: bool
+    flip: bool
+    rotate90: bool
+    seed: int
+    prefetch: int
+    use_weights: bool
+
+    def kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:
@@ -291,13 +370,4 @@ def load_run_config(path: str | Path) -> RunConfig:
             the file and every problem).
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read run config: {err}") from err
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON: {err}") from err
-    config = RunConfig.from_json(text, source=str(path))
-    return resolve_paths(config, path.resolve().parent)
+    return resolve_paths(load_model(RunConfig, path), path.resolve().parent)

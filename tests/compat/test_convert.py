@@ -64,7 +64,7 @@ def test_dataparallel_prefix_and_2d(tmp_path):
     state = {f"module.{k}": v for k, v in net.state_dict().items()}
     torch.save({"nn_module": "fnet_nn_2d", "nn_kwargs": {"depth": 3, "mult_chan": 2, "in_channels": 3,
                                                           "out_channels": 2}, "nn_state": state}, tmp_path / "m.p")
-    network, variables, info = read_fnet_checkpoint(tmp_path / "m.p")
+    network, _, info = read_fnet_checkpoint(tmp_path / "m.p")
     assert (network.ndim, network.depth, network.in_channels, network.out_channels) == (2, 3, 3, 2)
     assert info["nn_module"] == "fnet_nn_2d"
 

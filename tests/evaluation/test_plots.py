@@ -1,4 +1,5 @@
-"""Tests of labelfree_jax.evaluation.plots: every figure is a real, input-dependent image file."""
+"""Tests of the figures (labelfree_jax.evaluation.plots, .gif, .figures_training): every figure is a real,
+input-dependent image file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from PIL import Image, ImageSequence
 
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.evaluation import plots as P
+from labelfree_jax.evaluation.figures_training import _read_loss_csv
 
 
 def _blobs(shape, seed):
@@ -144,7 +146,7 @@ def test_loss_curve_from_csv_and_arrays(tmp_path):
         rows.append(f"{i},{1.0 / i + 0.01},{(2.0 / i + 0.02) if i % 10 == 0 else ''}")
     csv_path.write_text("\n".join(rows) + "\n")
     a = _pixels(P.plot_loss_curve(csv_path, tmp_path / "a.png"))
-    series = P._read_loss_csv(csv_path)
+    series = _read_loss_csv(csv_path)
     assert set(series) == {"loss_train", "loss_val"}
     np.testing.assert_array_equal(series["loss_val"][0], [10, 20, 30, 40])
     b = _pixels(P.plot_loss_curve({"train": np.linspace(5, 0.1, 50), "val": ([0, 25, 49], [4, 1, 0.5])},

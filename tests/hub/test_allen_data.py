@@ -22,7 +22,8 @@ import pytest
 from labelfree_jax.core.errors import InputError, IntegrityError
 from labelfree_jax.hub import allen_data
 from labelfree_jax.imagefiles import write_ome_tiff
-from labelfree_jax.training.data import FileDataset, read_manifest
+from labelfree_jax.imagefiles.manifest import read_manifest
+from labelfree_jax.training.datasets import FileDataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import labelfree_jax.hub as hub  # noqa: PLR0402 ('from labelfree_jax import hub' goes through labelfree_jax.__getattr__)
 from labelfree_jax.cli import main
 from labelfree_jax.core.errors import ConfigError, IntegrityError, ModelNotAvailableError
-from labelfree_jax.hub import client as hub, samples as datasets, zoo
+from labelfree_jax.hub import samples as datasets, zoo
 from labelfree_jax.inference.model import load_package
 from labelfree_jax.models.config import NetworkConfig, PackageConfig
 from labelfree_jax.models.package import save_package

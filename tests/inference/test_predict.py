@@ -19,17 +19,17 @@ from flax import traverse_util
 from labelfree_jax.cli import main
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.imagefiles import read_image, write_ome_tiff
-from labelfree_jax.inference.model import Model
-from labelfree_jax.inference.predict import (
+from labelfree_jax.inference.batch import (
     SUMMARY_COLUMNS,
-    choose_tile_shape,
-    estimate_memory_bytes,
     expand_inputs,
     merge_summaries,
-    predict_array,
+    parse_shard,
     predict_files,
     shard_items,
 )
+from labelfree_jax.inference.model import Model
+from labelfree_jax.inference.predict import predict_array
+from labelfree_jax.inference.tile_policy import choose_tile_shape, estimate_memory_bytes
 from labelfree_jax.models.config import NetworkConfig, PackageConfig, PredictionDefaults
 from labelfree_jax.models.fnet import build_network, init_variables
 from labelfree_jax.models.package import save_package
@@ -297,10 +297,11 @@ def test_sharded_over_two_cpu_devices_matches_single_device(tmp_path, model2):
         f"""
         import numpy as np, jax
         from labelfree_jax.inference.model import load_package
-        from labelfree_jax.inference.predict import _device_fn, predict_array
+        from labelfree_jax.inference.predict import predict_array
+        from labelfree_jax.inference.tile_policy import shard_over_devices
         assert len(jax.local_devices()) == 2
         model = load_package({str(tmp_path / "pkg")!r})
-        fn, bs = _device_fn(model.forward_fn(), 1)
+        fn, bs = shard_over_devices(model.forward_fn(), 1)
         assert bs == 2
         out = fn(np.zeros((2, 1, 48, 48), np.float32))
         assert len(out.sharding.device_set) == 2, out.sharding
@@ -310,7 +311,7 @@ def test_sharded_over_two_cpu_devices_matches_single_device(tmp_path, model2):
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), single, rtol=1e-5, atol=1e-6)
 
@@ -395,6 +396,43 @@ def test_shards_are_disjoint_and_cover_everything():
         assert sorted(flat) == items and len(flat) == len(set(flat))
     with pytest.raises(InputError):
         shard_items(items, (3, 3))
+
+
+def test_parse_shard_is_the_one_shard_reader(capsys):
+    assert parse_shard("1/4") == parse_shard((1, 4)) == (1, 4)
+    for bad, match in (("3", "i/n"), ("a/b", "i/n"), ("4/4", r"\[0, 4\)"), ((0, 0), "count >= 1"), (5, "index, count")):
+        with pytest.raises(InputError, match=match):
+            parse_shard(bad)
+    # the CLI reads --shard with it: a bad value is a usage error (exit 2) with its message
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--model", "m", "x.tif", "--out", "o", "--shard", "4/4"])
+    assert exc.value.code == 2
+    assert "shard index must be in [0, 4)" in capsys.readouterr().err
+
+
+def test_public_names_stay_importable_and_the_package_is_lazy():
+    from labelfree_jax import inference
+    from labelfree_jax.inference import batch, model, predict, tile_policy, tiling
+
+    assert set(inference.__all__) == set(inference._EXPORTS)
+
+    homes = {batch: batch.__all__, model: model.__all__, predict: predict.__all__,
+             tile_policy: ["estimate_memory_bytes", "default_memory_budget", "choose_tile_shape", "default_overlap",
+                           "DEFAULT_MAX_OVERLAP"],
+             tiling: tiling.__all__}
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(inference, name) is getattr(module, name), name
+    # the names inference.predict had before the split still resolve from it
+    for name in ("predict_files", "merge_summaries", "PredictionRecord", "SUMMARY_COLUMNS", "expand_inputs",
+                 "shard_items", "resolve_shard", "summary_path", "prediction_path"):
+        assert getattr(predict, name) is getattr(batch, name), name
+    for name in homes[tile_policy]:
+        assert getattr(predict, name) is getattr(tile_policy, name), name
+    code = "import labelfree_jax.inference, sys; print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_sharded_files_and_merged_summary(tmp_path, model3):

@@ -68,7 +68,7 @@ def test_plan_covers_everything_with_flush_ends(shape, tile, overlap, align):
         assert starts[0] == 0 and starts[-1] == p - t, "first tile at 0, last flush with the end"
         assert all(0 <= st <= p - t and st % a == 0 for st in starts)
         assert list(starts) == sorted(set(starts))
-        for a0, a1 in zip(starts, starts[1:]):
+        for a0, a1 in itertools.pairwise(starts):
             assert a0 + t - a1 >= o, f"neighbours overlap less than {o} on axis {axis}"
         # no more tiles than needed: dropping any interior tile would leave a gap or too little overlap
         if len(starts) > 2:
@@ -89,7 +89,7 @@ def test_plan_random_shapes_invariants():
         plan = plan_tiles(shape, tile, overlap, align=align)
         for starts, t, p, o in zip(plan.starts, plan.tile_shape, plan.padded_shape, overlap):
             assert starts[0] == 0 and starts[-1] + t == p
-            assert all(b - a <= t - o and (b - a) % align == 0 for a, b in zip(starts, starts[1:]))
+            assert all(b - a <= t - o and (b - a) % align == 0 for a, b in itertools.pairwise(starts))
 
 
 def test_plan_padding_modes_fall_back_for_short_axes():
@@ -113,15 +113,15 @@ def test_plan_aligned_padding_of_long_axes():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(shape=(10, 10), tile_shape=(0, 4)), "tile side must be >= 1"),
-        (dict(shape=(10, 10), tile_shape=(4, 4), overlap=4), "smaller than the tile side"),
-        (dict(shape=(10, 10), tile_shape=(4, 4), overlap=-1), ">= 0"),
-        (dict(shape=(10, 10), tile_shape=(4, 4), overlap=1.5), r"whole voxels or a fraction in \[0, 1\)"),
-        (dict(shape=(10, 10), tile_shape=(4, 4, 4)), "3 entries, the array has 2 spatial axes"),
-        (dict(shape=(10, 0), tile_shape=(4, 4)), "every spatial side must be >= 1"),
-        (dict(shape=(10, 10), tile_shape=(6, 8), align=4), "not a multiple of align"),
-        (dict(shape=(20, 10), tile_shape=(8, 8), overlap=6, align=4), "step smaller than align"),
-        (dict(shape=(10, 10), tile_shape=(8, 8), pad_mode="wrap"), "pad_mode"),
+        ({"shape": (10, 10), "tile_shape": (0, 4)}, "tile side must be >= 1"),
+        ({"shape": (10, 10), "tile_shape": (4, 4), "overlap": 4}, "smaller than the tile side"),
+        ({"shape": (10, 10), "tile_shape": (4, 4), "overlap": -1}, ">= 0"),
+        ({"shape": (10, 10), "tile_shape": (4, 4), "overlap": 1.5}, r"whole voxels or a fraction in \[0, 1\)"),
+        ({"shape": (10, 10), "tile_shape": (4, 4, 4)}, "3 entries, the array has 2 spatial axes"),
+        ({"shape": (10, 0), "tile_shape": (4, 4)}, "every spatial side must be >= 1"),
+        ({"shape": (10, 10), "tile_shape": (6, 8), "align": 4}, "not a multiple of align"),
+        ({"shape": (20, 10), "tile_shape": (8, 8), "overlap": 6, "align": 4}, "step smaller than align"),
+        ({"shape": (10, 10), "tile_shape": (8, 8), "pad_mode": "wrap"}, "pad_mode"),
     ],
 )
 def test_plan_validation(kwargs, match):

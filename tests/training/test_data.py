@@ -10,19 +10,17 @@ import pytest
 from labelfree_jax.core.errors import ConfigError, InputError
 from labelfree_jax.imagefiles import write_ome_tiff
 from labelfree_jax.training.config import DatasetConfig
-from labelfree_jax.training.data import (
+from labelfree_jax.training.datasets import (
     ArrayDataset,
     FileDataset,
     ImagePair,
     PairDataset,
-    PatchLoader,
     Subset,
     crop_region,
-    measure_loader,
     read_manifest,
-    sample_patches,
     split_indices,
 )
+from labelfree_jax.training.loader import PatchLoader, measure_loader, sample_patches
 from labelfree_jax.transforms import Normalize, Resize
 
 

@@ -28,18 +28,20 @@ from labelfree_jax.imagefiles import read_image, write_ome_tiff
 from labelfree_jax.inference.model import load_package
 from labelfree_jax.models.config import NetworkConfig
 from labelfree_jax.models.fnet import build_network
-from labelfree_jax.training.config import RunConfig, ScheduleConfig, load_run_config
-from labelfree_jax.training.data import ArrayDataset
-from labelfree_jax.training.train import (
+from labelfree_jax.training import (
+    ArrayDataset,
+    RunConfig,
+    ScheduleConfig,
     TrainingDivergedError,
-    _jit_train_step,
-    _loss,
     init_train_state,
+    load_run_config,
     make_mesh,
     make_optimizer,
     make_schedule,
+    mse_loss,
     train,
 )
+from labelfree_jax.training.step import jit_train_step
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_2D = {"ndim": 2, "depth": 2, "mult_chan": 4, "in_channels": 1, "out_channels": 1}
@@ -120,7 +122,7 @@ def test_run_config_strict_and_paths(tmp_path):
         RunConfig.from_json({"model": TINY_2D, "patch_shape": [16, 18]})
     with pytest.raises(ConfigError, match="2 axes but the network is 3D"):
         RunConfig.from_json({"patch_shape": [16, 16]})
-    with pytest.raises(ConfigError, match="pixel_size_um keys"):
+    with pytest.raises(ConfigError, match="pixel_size_um: .*pixel size keys must be z, y, x"):
         RunConfig.from_json({"model": TINY_2D, "patch_shape": [16, 16], "pixel_size_um": {"t": 1.0}})
     with pytest.raises(ConfigError, match="validation"):
         RunConfig.from_json({"data": {"train": {"manifest": "a"}, "validation": {"manifest": "b"},
@@ -180,7 +182,7 @@ def test_one_jitted_train_step_3d():
     expected = float(np.mean((np.moveaxis(np.asarray(pred), -1, 1) - y) ** 2))
     tx = make_optimizer(cfg.optimizer, cfg.schedule, cfg.steps)
     old_leaf = state["params"]["conv_out"]["kernel"]
-    new, loss = _jit_train_step(state, jnp.asarray(x), jnp.asarray(y), None, network=cfg.model,
+    new, loss = jit_train_step(state, jnp.asarray(x), jnp.asarray(y), None, network=cfg.model,
                                 compute_dtype="float32", tx=tx, loss="mse")
     loss = float(loss)
     assert math.isfinite(loss) and loss == pytest.approx(expected, rel=1e-5)
@@ -208,7 +210,7 @@ def test_bf16_step_keeps_float32_master_weights():
     x = jnp.asarray(rng.normal(size=(4, 1, 16, 16)), jnp.float32)
     tx = make_optimizer(cfg.optimizer, cfg.schedule, cfg.steps)
     w = jnp.asarray(rng.uniform(size=(4, 1, 16, 16)) > 0.5, jnp.float32)  # weighted MSE at the same time
-    new, loss = _jit_train_step(state, x, jnp.tanh(x), w, network=cfg.model, compute_dtype="bfloat16", tx=tx,
+    new, loss = jit_train_step(state, x, jnp.tanh(x), w, network=cfg.model, compute_dtype="bfloat16", tx=tx,
                                 loss="weighted_mse")
     assert math.isfinite(float(loss)) and int(new["step"]) == 1
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(new["params"]))
@@ -219,10 +221,10 @@ def test_weighted_mse():
     rng = np.random.default_rng(2)
     p, t = rng.normal(size=(2, 5, 5, 2)), rng.normal(size=(2, 5, 5, 2))
     w = rng.uniform(size=(2, 5, 5, 1))
-    got = float(_loss(jnp.asarray(p, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(w, jnp.float32)))
+    got = float(mse_loss(jnp.asarray(p, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(w, jnp.float32)))
     ref = (np.broadcast_to(w, p.shape) * (p - t) ** 2).sum() / np.broadcast_to(w, p.shape).sum()
     assert got == pytest.approx(ref, rel=1e-5)
-    assert float(_loss(jnp.asarray(p), jnp.asarray(t), None)) == pytest.approx(((p - t) ** 2).mean(), rel=1e-5)
+    assert float(mse_loss(jnp.asarray(p), jnp.asarray(t), None)) == pytest.approx(((p - t) ** 2).mean(), rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +249,11 @@ def test_run_directory_contents(file_run):
     assert model.config.network == cfg.model and model.config.signal_transforms == cfg.signal_transforms
     assert model.config.metrics["val_pearson_r"] == pytest.approx(result.val_pearson_r)
     assert model.config.training["steps"] == 12
+    # the package's model card states the training recipe
+    card = (result.package_dir / "README.md").read_text()
+    for fact in ("## Training", "* steps: `12`", "* batch_size: `4`", "* patch_shape: `[16, 16]`", '* loss: `"mse"`',
+                 "* seed: `3`", '* train_manifest: `"train.csv"`', "| val_pearson_r |"):
+        assert fact in card, fact
     summary = json.loads((run / "result.json").read_text())
     assert summary["steps"] == 12 and summary["loader_patches_per_s"] > 0 and summary["steps_per_s"] > 0
     # a second run into the same directory must say to resume
@@ -263,8 +270,7 @@ def test_kill_and_resume_gives_the_same_losses(file_run, tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, time
         from pathlib import Path
-        from labelfree_jax.training.train import train
-        from labelfree_jax.training.config import load_run_config
+        from labelfree_jax.training import load_run_config, train
 
         run = Path({str(run_b)!r})
 
@@ -297,8 +303,7 @@ def test_four_devices_follow_the_one_device_trajectory(file_run, tmp_path):
     run_c = tmp_path / "four"
     script = textwrap.dedent(f"""
         import json, jax
-        from labelfree_jax.training.train import train
-        from labelfree_jax.training.config import load_run_config
+        from labelfree_jax.training import load_run_config, train
         assert jax.device_count() == 4, jax.devices()
         r = train(load_run_config({str(file_run['config_path'])!r}), {str(run_c)!r}, progress=False)
         print("DEVICES", jax.device_count(), r.steps)
@@ -338,10 +343,8 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
     # 3 patches cannot be split over a 2-device mesh: checked in a subprocess with 2 CPU devices
     script = textwrap.dedent("""
         import numpy as np
-        from labelfree_jax.training.data import ArrayDataset
         from labelfree_jax.core.errors import ConfigError
-        from labelfree_jax.training.train import train
-        from labelfree_jax.training.config import RunConfig
+        from labelfree_jax.training import ArrayDataset, RunConfig, train
         cfg = RunConfig.from_json({"model": %r, "patch_shape": [16, 16], "batch_size": 3, "steps": 1})
         ds = ArrayDataset([(np.ones((1, 20, 20)), np.ones((1, 20, 20)))])
         try:

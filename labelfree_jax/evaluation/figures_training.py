@@ -1,0 +1,139 @@
+"""Figures of a training run: the loss curve, from a loss CSV or from arrays.
+
+Headless and atomic like every figure here (:mod:`labelfree_jax.evaluation.canvas`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labelfree_jax.core.errors import InputError
+from labelfree_jax.evaluation.canvas import new_figure, save_png
+
+__all__ = ["plot_loss_curve"]
+
+log = logging.getLogger(__name__)
+
+_STEP_COLUMNS = ("step", "num_iter", "iteration", "iter", "epoch")
+
+Series = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _number(cell: str) -> float | None:
+    """A finite number from a CSV cell, else None (empty, text, NaN, inf)."""
+    try:
+        v = float(cell)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _column(rows: list[list[str]], col: int, step_col: int) -> tuple[list[float], list[float]]:
+    """``(steps, values)`` of the numeric cells of column ``col`` (row index when the step is missing)."""
+    steps, vals = [], []
+    for i, row in enumerate(rows):
+        if col >= len(row):
+            continue
+        v = _number(row[col])
+        s = _number(row[step_col]) if step_col < len(row) else None
+        if v is not None:
+            steps.append(s if s is not None else float(i))
+            vals.append(v)
+    return steps, vals
+
+
+def _read_loss_csv(path: Path) -> Series:
+    """Series from a loss CSV: a header row, one step column, one column per loss series."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the loss CSV ({err})") from err
+    if len(rows) < 2:
+        raise InputError(f"{path}: the loss CSV needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    lower = [h.lower() for h in header]
+    step_col = next((lower.index(c) for c in _STEP_COLUMNS if c in lower), 0)
+    series: Series = {}
+    for col, name in enumerate(header):
+        if col == step_col:
+            continue
+        steps, vals = _column(rows[1:], col, step_col)
+        if vals:
+            series[name] = (np.asarray(steps), np.asarray(vals))
+    if not series:
+        raise InputError(f"{path}: no numeric loss column besides the step column {header[step_col]!r}")
+    return series
+
+
+def _series_from_mapping(source: Mapping) -> Series:
+    out = {}
+    for name, val in source.items():
+        if isinstance(val, tuple) and len(val) == 2:
+            steps, vals = (np.asarray(v, dtype=np.float64).ravel() for v in val)
+        else:
+            vals = np.asarray(val, dtype=np.float64).ravel()
+            steps = np.arange(vals.size, dtype=np.float64)
+        if steps.shape != vals.shape:
+            raise InputError(f"loss series {name!r}: {steps.size} steps but {vals.size} values")
+        keep = np.isfinite(vals) & np.isfinite(steps)
+        if keep.any():
+            out[str(name)] = (steps[keep], vals[keep])
+    if not out:
+        raise InputError("plot_loss_curve: no finite loss values given")
+    return out
+
+
+def _series_from(source: Any) -> tuple[Series, str | None]:
+    """The loss series of ``source`` and a default title (the CSV's file name)."""
+    if isinstance(source, (str, Path)):
+        return _read_loss_csv(Path(source)), Path(source).name
+    if isinstance(source, Mapping):
+        return _series_from_mapping(source), None
+    raise InputError(
+        "plot_loss_curve: expected a CSV path or a mapping name -> values or (steps, values), "
+        f"got {type(source).__name__}"
+    )
+
+
+def plot_loss_curve(
+    source: str | Path | Mapping[str, Any],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Training / validation loss against step, log-scaled y when every value is positive.
+
+    ``source``: a CSV file with a header row -- the step column is the first of ``step``,
+    ``num_iter``, ``iteration``, ``iter``, ``epoch`` present (else the first column), every
+    other column with numbers is a series (empty cells skipped, e.g. validation loss logged
+    every N steps) -- or a mapping ``name -> values`` / ``name -> (steps, values)``.
+    Writes a PNG to ``path`` (atomically) and returns it.
+
+    Raises:
+        InputError: an unreadable CSV, no numeric loss values, steps and values of different lengths.
+    """
+    series, default_title = _series_from(source)
+    fig = new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    for name, (steps, vals) in series.items():
+        ax.plot(steps, vals, label=name, marker="o" if vals.size < 30 else None, markersize=3, linewidth=1.2)
+    if all(np.all(v > 0) for _, v in series.values()):
+        ax.set_yscale("log")
+    else:
+        log.info("plot_loss_curve: non-positive losses, using a linear y axis")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title or default_title:
+        ax.set_title(title or default_title)
+    return save_png(fig, path, dpi)
