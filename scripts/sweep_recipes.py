@@ -81,6 +81,9 @@ def main(argv=None) -> int:
                    help="train on the benchmark's train region and evaluate its test split (default: the selection split)")
     p.add_argument("--only", default="", help="comma list of recipe names to run")
     args = p.parse_args(argv)
+    from labelfree_jax.core.allocator import tune_malloc
+
+    tune_malloc()  # entry point: before JAX starts its threads (see labelfree_jax.core.allocator)
     logging.basicConfig(level=logging.WARNING)
     recipes = json.loads(args.recipes.read_text())
     if args.only:

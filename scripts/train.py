@@ -28,6 +28,8 @@ except ImportError:  # running from a source checkout without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from labelfree_jax.cli.train import add_arguments, run
+from labelfree_jax.core.allocator import tune_malloc
+from labelfree_jax.core.compilation_cache import enable_compilation_cache
 from labelfree_jax.core.errors import LabelfreeError
 
 
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    tune_malloc()  # an entry point: process-wide settings belong here, not in the library
+    enable_compilation_cache()
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose + 1, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

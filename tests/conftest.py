@@ -6,6 +6,9 @@ import pytest
 # Keep XLA on the host CPU and quiet; tests never need an accelerator.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests that run the CLI in-process must not write JAX's compilation cache into the user's home
+# (tests/core/test_compilation_cache.py turns it on in subprocesses, in a temporary folder).
+os.environ.setdefault("LABELFREE_COMPILATION_CACHE", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -14,6 +14,7 @@ import logging
 import sys
 
 from labelfree_jax.core.allocator import tune_malloc
+from labelfree_jax.core.compilation_cache import enable_compilation_cache
 from labelfree_jax.core.errors import LabelfreeError
 from labelfree_jax.core.version import __version__
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label-free prediction of fluorescence images from transmitted light (JAX).",
     )
     parser.add_argument("--version", action="version", version=f"labelfree-jax {__version__}")
+    parser.add_argument("--no-compilation-cache", action="store_true",
+                        help="do not use JAX's persistent compilation cache (also: LABELFREE_COMPILATION_CACHE=0)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -57,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("labelfree_jax").setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    # Compiled executables are kept in the user's cache folder, so a second run skips XLA's
+    # compile (about a minute for the 3D train step); see labelfree_jax.core.compilation_cache.
+    enable_compilation_cache(False if args.no_compilation_cache else None)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
