@@ -17,7 +17,7 @@ import numpy as np
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.evaluation.canvas import new_figure, save_png
 
-__all__ = ["plot_loss_curve"]
+__all__ = ["plot_loss_curve", "smooth"]
 
 log = logging.getLogger(__name__)
 
@@ -103,37 +103,92 @@ def _series_from(source: Any) -> tuple[Series, str | None]:
     )
 
 
+def smooth(values: np.ndarray, span: int) -> np.ndarray:
+    """Bias-corrected exponential moving average (TensorBoard-style smoothing) of a 1D series.
+
+    ``span``: the EMA's span in samples (weight ``2 / (span + 1)`` on the newest value); the
+    first values are corrected for the zero start, so the curve does not rise from 0.
+    """
+    alpha = 2.0 / (max(int(span), 1) + 1.0)
+    out = np.empty(len(values), dtype=np.float64)
+    acc, weight = 0.0, 0.0
+    for i, v in enumerate(np.asarray(values, dtype=np.float64)):
+        acc = (1 - alpha) * acc + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out[i] = acc / weight
+    return out
+
+
+#: Series with more points than this are drawn faint, with a smoothed line on top.
+SMOOTH_ABOVE = 30
+
+
+def _is_correlation(name: str) -> bool:
+    lowered = name.lower()
+    return "pearson" in lowered or lowered.endswith("_r") or lowered == "r"
+
+
+def _draw_losses(ax, series: Series) -> None:
+    for name, (steps, vals) in series.items():
+        if vals.size > SMOOTH_ABOVE:
+            (raw,) = ax.plot(steps, vals, linewidth=0.6, alpha=0.25)
+            ax.plot(steps, smooth(vals, max(5, vals.size // 30)), color=raw.get_color(), linewidth=1.6,
+                    label=f"{name} (smoothed; raw faint)")
+        else:
+            ax.plot(steps, vals, marker="o", markersize=3, linewidth=1.2, label=name)
+
+
 def plot_loss_curve(
     source: str | Path | Mapping[str, Any],
     path: str | Path,
     *,
+    validation: str | Path | Mapping[str, Any] | None = None,
     title: str | None = None,
     dpi: int = 100,
 ) -> Path:
-    """Training / validation loss against step, log-scaled y when every value is positive.
+    """Training / validation loss against step (log y when every loss is positive), validation r on a second axis.
 
     ``source``: a CSV file with a header row -- the step column is the first of ``step``,
     ``num_iter``, ``iteration``, ``iter``, ``epoch`` present (else the first column), every
     other column with numbers is a series (empty cells skipped, e.g. validation loss logged
     every N steps) -- or a mapping ``name -> values`` / ``name -> (steps, values)``.
+    ``validation``: an optional second source of the same kind (``validation.csv`` of a run);
+    its correlation columns (``*pearson*``, ``*_r``) go on a right-hand axis, its losses
+    beside the training loss. A per-step series longer than 30 points is drawn faint with a
+    smoothed line (:func:`smooth`) on top, so the trend is readable through the noise.
     Writes a PNG to ``path`` (atomically) and returns it.
 
     Raises:
         InputError: an unreadable CSV, no numeric loss values, steps and values of different lengths.
     """
     series, default_title = _series_from(source)
-    fig = new_figure(6.0, 4.0)
+    if validation is not None:
+        extra, _ = _series_from(validation)
+        for name, value in extra.items():
+            series.setdefault(name, value)
+    losses = {k: v for k, v in series.items() if not _is_correlation(k)}
+    correlations = {k: v for k, v in series.items() if _is_correlation(k)}
+    fig = new_figure(6.4, 4.0)
     ax = fig.add_subplot()
-    for name, (steps, vals) in series.items():
-        ax.plot(steps, vals, label=name, marker="o" if vals.size < 30 else None, markersize=3, linewidth=1.2)
-    if all(np.all(v > 0) for _, v in series.values()):
+    _draw_losses(ax, losses)
+    if losses and all(np.all(v > 0) for _, v in losses.values()):
         ax.set_yscale("log")
     else:
         log.info("plot_loss_curve: non-positive losses, using a linear y axis")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if correlations:
+        ax_r = ax.twinx()
+        for name, (steps, vals) in correlations.items():
+            ax_r.plot(steps, vals, color="tab:green", marker="s", markersize=3, linewidth=1.2, label=name)
+        ax_r.set_ylabel("Pearson r", color="tab:green")
+        ax_r.set_ylim(min(0.0, *(float(v.min()) for _, v in correlations.values())), 1.0)
+        more_h, more_l = ax_r.get_legend_handles_labels()
+        handles, labels = handles + more_h, labels + more_l
+    if handles:
+        ax.legend(handles, labels, fontsize=8, loc="upper right")
     if title or default_title:
         ax.set_title(title or default_title)
     return save_png(fig, path, dpi)

@@ -29,6 +29,7 @@ from labelfree_jax.evaluation.gif import write_toggle_gif
 from labelfree_jax.evaluation.metrics import dice, iou, otsu_binary
 from labelfree_jax.evaluation.views import (
     DEFAULT_CLIP,
+    VIEW_GAP,
     as_czyx,
     clip01,
     max_projection,
@@ -54,6 +55,23 @@ __all__ = [
 
 _BINARY_GAP = "#3050b0"  # gap colour in binary panels, where white means foreground
 _BINARY_GAP_RGB = (0.19, 0.31, 0.69)
+
+
+def _empty_corner(view_shape: tuple[int, ...], volume_shape: tuple[int, ...]) -> np.ndarray:
+    """True on the empty corner of an :func:`orthogonal_views` composite (below the YZ view, right of XZ)."""
+    corner = np.zeros(view_shape[:2], bool)
+    if len(volume_shape) == 3 and tuple(view_shape[:2]) != tuple(volume_shape[1:]):
+        y, x = volume_shape[1:]
+        corner[y + VIEW_GAP:, x + VIEW_GAP:] = True
+    return corner
+
+
+def _binary_rgba(rgb: np.ndarray, gaps: np.ndarray, corner: np.ndarray) -> np.ndarray:
+    """RGBA of a binary panel: gaps between views blue, the empty corner transparent."""
+    rgba = np.concatenate([rgb, np.ones(rgb.shape[:2] + (1,), np.float32)], axis=-1)
+    rgba[gaps & ~corner, :3] = _BINARY_GAP_RGB
+    rgba[corner] = (1.0, 1.0, 1.0, 0.0)
+    return rgba
 
 
 def _view(vol: np.ndarray, projection: str, zs: int) -> np.ndarray:
@@ -154,9 +172,10 @@ def plot_difference_maps(
 
     One row per channel; 3D images show the middle orthogonal slices (a maximum projection of a
     signed difference would hide its negative half). All panels of the figure share one
-    symmetric diverging scale ``[-m, m]``, ``m`` = the 99.8th percentile of the absolute
-    differences shown (larger ones saturate; the colorbar's arrows say so), with a single
-    colorbar (intensity units of the inputs, which should therefore share units).
+    scale: the signed differences a symmetric diverging map on ``[-m, m]``, the absolute
+    difference (never negative) a sequential map (magma) on ``[0, m]``, ``m`` = the 99.8th
+    percentile of the absolute differences shown (larger ones saturate; the colorbars' arrows
+    say so). Intensity units are those of the inputs, which should therefore share units.
     """
     from matplotlib import colormaps
 
@@ -169,16 +188,19 @@ def plot_difference_maps(
     shown = np.concatenate([np.abs(d[np.isfinite(d)]) for d in diffs])
     m = float(np.percentile(shown, 99.8))
     m = m if m > 0 else (float(shown.max()) or 1.0)
-    cmap = colormaps["RdBu_r"].with_extremes(bad="white")
+    signed = colormaps["RdBu_r"].with_extremes(bad="white")
+    magnitude = colormaps["magma"].with_extremes(bad="white")
     n = len(diffs)
     fig, axes = image_grid(n, 3, diffs[0].shape)
-    im = None
+    im_signed = im_abs = None
     for c, d in enumerate(diffs):
-        for col, (img, name) in enumerate(
-            ((d, "observed − predicted"), (-d, "predicted − observed"), (np.abs(d), "|observed − predicted|"))
-        ):
-            im = show(axes[c, col], img, f"{name}{channel_suffix(c, n)}", cmap=cmap, vmin=-m, vmax=m)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, extend="both", label="intensity difference")
+        suffix = channel_suffix(c, n)
+        im_signed = show(axes[c, 0], d, f"observed − predicted{suffix}", cmap=signed, vmin=-m, vmax=m)
+        show(axes[c, 1], -d, f"predicted − observed{suffix}", cmap=signed, vmin=-m, vmax=m)
+        im_abs = show(axes[c, 2], np.abs(d), f"|observed − predicted|{suffix}", cmap=magnitude, vmin=0.0, vmax=m)
+    fig.colorbar(im_signed, ax=axes[:, :2].ravel().tolist(), shrink=0.8, extend="both",
+                 label="intensity difference", location="left")
+    fig.colorbar(im_abs, ax=axes[:, 2].ravel().tolist(), shrink=0.8, extend="max", label="absolute difference")
     if title:
         fig.suptitle(title)
     return save_png(fig, path, dpi)
@@ -201,8 +223,9 @@ def plot_otsu_binaries(
     image or volume (:func:`labelfree_jax.evaluation.metrics.otsu_binary`); 3D binaries are shown as
     ``projection`` views -- by default the middle slices, since a maximum projection of a
     binary (foreground anywhere along the viewing axis) saturates on noisy volumes. Overlap
-    colours: white = both, magenta = observed only, green = predicted only; the gaps between
-    views are blue.
+    colours: white = both, magenta = observed only, green = predicted only. In these panels
+    white means foreground, so the thin gaps between the views are blue; the empty corner
+    beside the side views is left blank (the figure's background), as in the other figures.
     """
     t = as_czyx(target, spatial_dims, "target")
     p = as_czyx(prediction, spatial_dims, "prediction")
@@ -215,19 +238,20 @@ def plot_otsu_binaries(
         bt, bp = otsu_binary(t[c]), otsu_binary(p[c])
         vt = _view(bt.astype(np.float32), projection, zs)
         vp = _view(bp.astype(np.float32), projection, zs)
-        gap = np.isnan(vt)
+        corner = _empty_corner(vt.shape, t.shape[1:])
         o, q = np.nan_to_num(vt) > 0.5, np.nan_to_num(vp) > 0.5
         rgb = np.zeros(vt.shape + (3,), np.float32)
         rgb[o & q] = (1.0, 1.0, 1.0)
         rgb[o & ~q] = (1.0, 0.0, 1.0)
         rgb[~o & q] = (0.0, 0.8, 0.0)
-        rgb[gap] = _BINARY_GAP_RGB
-        rows.append((vt, vp, rgb, dice(bp, bt), iou(bp, bt)))
-    fig, axes = image_grid(n, 3, rows[0][0].shape)
-    for c, (vt, vp, rgb, d, j) in enumerate(rows):
-        show(axes[c, 0], vt, f"observed Otsu{channel_suffix(c, n)}", cmap=gray_cmap(_BINARY_GAP))
-        show(axes[c, 1], vp, f"predicted Otsu{channel_suffix(c, n)}", cmap=gray_cmap(_BINARY_GAP))
-        axes[c, 2].imshow(rgb, interpolation="nearest")
+        panels = [_binary_rgba(np.stack([np.nan_to_num(v)] * 3, -1), np.isnan(v), corner) for v in (vt, vp)]
+        rows.append((*panels, _binary_rgba(rgb, np.isnan(vt), corner), dice(bp, bt), iou(bp, bt)))
+    fig, axes = image_grid(n, 3, rows[0][0].shape[:2])
+    for c, (at, ap, rgba, d, j) in enumerate(rows):
+        for col, (img, name) in enumerate(((at, "observed Otsu"), (ap, "predicted Otsu"))):
+            axes[c, col].imshow(img, interpolation="nearest")
+            axes[c, col].set_title(f"{name}{channel_suffix(c, n)}", fontsize=9)
+        axes[c, 2].imshow(rgba, interpolation="nearest")
         axes[c, 2].set_title(f"overlap: Dice {d:.3f}, IoU {j:.3f}", fontsize=9)
     if title:
         fig.suptitle(title)

@@ -30,6 +30,7 @@ from labelfree_jax.core.errors import InputError
 
 __all__ = [
     "DEFAULT_CLIP",
+    "VIEW_GAP",
     "as_czyx",
     "clip01",
     "max_projection",
@@ -42,7 +43,7 @@ __all__ = [
 #: Default ``clip_percentiles`` (percent) of the figures.
 DEFAULT_CLIP = (0.02, 99.8)
 _AXIS_LETTERS = {"z": -3, "y": -2, "x": -1}
-_GAP = 2  # pixels between the views of a composite
+VIEW_GAP = 2  # pixels between the views of a composite
 
 
 def as_czyx(x: Any, spatial_dims: int | None = None, what: str = "image") -> np.ndarray:
@@ -152,8 +153,8 @@ def orthogonal_views(volume: Any, *, projection: str = "max", z_scale: int = 1) 
     xz = np.repeat(xz, s, axis=0)  # (Z*s, X)
     yz = np.repeat(zy, s, axis=0).T  # (Y, Z*s)
     zs = z * s
-    out = np.full((y + _GAP + zs, x + _GAP + zs), np.nan, np.float32)
+    out = np.full((y + VIEW_GAP + zs, x + VIEW_GAP + zs), np.nan, np.float32)
     out[:y, :x] = xy
-    out[:y, x + _GAP:] = yz
-    out[y + _GAP:, :x] = xz
+    out[:y, x + VIEW_GAP:] = yz
+    out[y + VIEW_GAP:, :x] = xz
     return out

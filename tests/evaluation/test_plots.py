@@ -170,3 +170,70 @@ def test_no_pyplot_state(arrays, tmp_path):
         assert sys.modules["matplotlib.pyplot"].get_fignums() == before
     else:
         assert "matplotlib.pyplot" not in sys.modules
+
+
+def test_smoothing_is_the_bias_corrected_ema():
+    from labelfree_jax.evaluation.figures_training import smooth
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=40)
+    span = 7
+    a = 2 / (span + 1)
+    for i in (0, 5, 39):  # closed form: weights (1 - a)**(i - k), normalised
+        w = (1 - a) ** np.arange(i, -1, -1)
+        assert smooth(x, span)[i] == pytest.approx(np.dot(w, x[: i + 1]) / w.sum(), rel=1e-12)
+    assert np.allclose(smooth(np.full(10, 3.0), 4), 3.0)
+
+
+def test_loss_curve_draws_validation_r_on_a_second_axis(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    labels = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def plot(self, *args, **kwargs):
+        labels.append((kwargs.get("label"), kwargs.get("alpha")))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    steps = np.arange(200)
+    P.plot_loss_curve({"loss": (steps, 1 / (1 + steps)), "val_pearson_r": ([99, 199], [0.5, 0.8])}, tmp_path / "l.png",
+                      title="run x")
+    assert (None, 0.25) in labels                            # the raw per-step loss, faint
+    assert ("loss (smoothed; raw faint)", None) in labels    # the smoothed line on top
+    assert ("val_pearson_r", None) in labels
+
+
+def test_absolute_difference_uses_a_sequential_map_from_zero(tmp_path, monkeypatch):
+    from labelfree_jax.evaluation import plots as plots_module
+
+    calls = []
+    real_show = plots_module.show
+
+    def show(ax, img, title, *, cmap=None, vmin=0.0, vmax=1.0):
+        calls.append((title, cmap.name, vmin, vmax))
+        return real_show(ax, img, title, cmap=cmap, vmin=vmin, vmax=vmax)
+
+    monkeypatch.setattr(plots_module, "show", show)
+    rng = np.random.default_rng(0)
+    t = rng.random((1, 8, 32, 32)).astype(np.float32)
+    P.plot_difference_maps(t, t + 0.1 * rng.normal(size=t.shape).astype(np.float32), tmp_path / "d.png")
+    by_title = {c[0]: c for c in calls}
+    _, cmap, vmin, vmax = by_title["|observed − predicted|"]
+    assert cmap.startswith("magma") and vmin == 0.0 and vmax > 0
+    assert by_title["observed − predicted"][1].startswith("RdBu_r") and by_title["observed − predicted"][2] == -vmax
+
+
+def test_otsu_panels_paint_gaps_blue_and_leave_the_empty_corner_blank():
+    from labelfree_jax.evaluation.plots import _BINARY_GAP_RGB, _binary_rgba, _empty_corner
+    from labelfree_jax.evaluation.views import VIEW_GAP, orthogonal_views
+
+    vol = np.zeros((6, 20, 30), np.float32)
+    vol[2:4, 5:10, 5:10] = 1
+    view = orthogonal_views(vol, projection="slice")
+    corner = _empty_corner(view.shape, vol.shape)
+    rgba = _binary_rgba(np.stack([np.nan_to_num(view)] * 3, -1), np.isnan(view), corner)
+    assert corner.sum() == 6 * 6 and corner[20 + VIEW_GAP:, 30 + VIEW_GAP:].all()
+    assert np.all(rgba[corner][:, 3] == 0)                                     # transparent: figure background
+    assert np.allclose(rgba[20, :30, :3], _BINARY_GAP_RGB)                     # the gap row is blue
+    assert not _empty_corner(np.zeros((20, 30)).shape, (1, 20, 30)).any()     # no corner on a single plane
