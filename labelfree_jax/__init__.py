@@ -24,21 +24,21 @@ from typing import Any
 from labelfree_jax.core.version import __version__
 
 __all__ = [
-    "__version__",
-    "load_package",
-    "save_package",
-    "Model",
-    "PackageConfig",
-    "NetworkConfig",
-    "read_image",
-    "write_ome_tiff",
-    "predict_array",
-    "LabelfreeError",
-    "InputError",
     "ConfigError",
-    "zoo",
+    "InputError",
+    "LabelfreeError",
+    "Model",
+    "NetworkConfig",
+    "PackageConfig",
+    "__version__",
     "datasets",
     "imagefiles",
+    "load_package",
+    "predict_array",
+    "read_image",
+    "save_package",
+    "write_ome_tiff",
+    "zoo",
 ]
 
 _LAZY = {

@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-__all__ = ["FakeHub", "git_blob_sha1", "isolate_hf", "set_offline", "guard_sockets", "random_variables"]
+__all__ = ["FakeHub", "git_blob_sha1", "guard_sockets", "isolate_hf", "random_variables", "set_offline"]
 
 _LFS_SUFFIXES = (".safetensors", ".bin", ".tif", ".tiff", ".npy", ".npz", ".czi", ".h5", ".zarr", ".png", ".gif")
 _GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.tif filter=lfs diff=lfs merge=lfs -text\n"

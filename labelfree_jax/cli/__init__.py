@@ -18,7 +18,7 @@ from labelfree_jax.core.compilation_cache import enable_compilation_cache
 from labelfree_jax.core.errors import LabelfreeError
 from labelfree_jax.core.version import __version__
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 #: Subcommand modules, in the order ``labelfree --help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (

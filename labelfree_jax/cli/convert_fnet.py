@@ -12,7 +12,9 @@ def register(subparsers) -> None:
         description=(
             "Convert an original pytorch_fnet checkpoint (model.p, either layout) and optionally its "
             "train_options.json (transform strings are parsed, never evaluated) into a model package "
-            "folder: config.json + model.safetensors. Needs torch."
+            "folder: config.json + model.safetensors. Without train_options.json (or where it names no "
+            "transforms) the original fnet's default is used, fnet.transforms.normalize (z-score per image) "
+            "for signal and target, and a warning says so. Needs torch."
         ),
     )
     parser.add_argument("checkpoint", help="the original model.p")

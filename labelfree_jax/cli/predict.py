@@ -27,6 +27,16 @@ def _shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _channels(text: str):
+    """``--channel``: ``"1"`` -> 1, ``"Bright"`` -> "Bright", ``"0;2"`` / ``"0,2"`` -> (0, 2)."""
+    from labelfree_jax.imagefiles.manifest import parse_channels
+
+    parsed = parse_channels(text)
+    if parsed is None:
+        raise argparse.ArgumentTypeError("give a channel index or name")
+    return parsed[0] if len(parsed) == 1 else parsed
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -34,8 +44,11 @@ def register(subparsers) -> None:
         description=(
             "Predict with a model package folder or a zoo model name. INPUTS are image files "
             "(TIFF/OME-TIFF/CZI), folders, glob patterns or CSV manifests (column path_signal, optional "
-            "path_target). Writes <out>/<stem>_prediction.ome.tif per image and summary.csv "
-            "(summary-<i>-of-<n>.csv with --shard). Exit status 1 if any image failed."
+            "path_target, channel_signal, channel_target). Every scene and time point of a file is predicted, "
+            "each into its own file: <out>/<stem>_prediction.ome.tif, <stem>_<scene>_prediction.ome.tif, "
+            "<stem>_t0003_prediction.ome.tif; summary.csv (summary-<i>-of-<n>.csv with --shard) has one row per "
+            "image, with its warnings. Input pixel sizes are resampled to the model's working pixel size. "
+            "Exit status 1 if any image failed."
         ),
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUTS", help="input images, folders, globs or CSV manifests")
@@ -45,6 +58,17 @@ def register(subparsers) -> None:
     group.add_argument("--target", nargs="+", metavar="T",
                        help="target image(s) paired in order with the inputs (adds Pearson r to the summary)")
     group.add_argument("--manifest", metavar="CSV", help="CSV manifest with path_signal [and path_target]")
+    parser.add_argument("--channel", "--signal-channel", dest="channel", type=_channels, metavar="C",
+                        help="signal channel: index or name (e.g. Bright; several: 0,2); default: the one the "
+                             "model names, or the only one; a manifest's channel_signal wins")
+    parser.add_argument("--scene", action="append", metavar="NAME_OR_INDEX",
+                        help="predict only this scene/series, by name or index (repeatable; default: every scene)")
+    parser.add_argument("--time", action="append", type=int, metavar="I",
+                        help="predict only this time point (repeatable; default: every time point)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace predictions that exist already")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep predictions that exist already (resume a batch)")
     parser.add_argument("--tile", nargs="+", type=int, metavar="N",
                         help="tile shape on the model's working grid: Z Y X (3D) or Y X (2D); default from memory")
     parser.add_argument("--overlap", nargs="+", type=_number, metavar="V",
@@ -56,7 +80,8 @@ def register(subparsers) -> None:
     parser.add_argument("--tta", action="store_true", help="average over flips of the spatial axes (2**ndim x slower)")
     parser.add_argument("--shard", type=_shard, metavar="i/n",
                         help="predict only share i of n (default: this JAX process's share)")
-    parser.add_argument("--axes", help="axes of the stored arrays when the metadata is missing/wrong, e.g. CYX")
+    parser.add_argument("--axes", help="axes of the stored arrays when the metadata is missing/wrong, e.g. CYX or "
+                                       "YXC (channels last)")
     parser.add_argument("--max-memory-gb", type=float, metavar="GB",
                         help="memory budget for choosing the tile size (default: 40%% of the accelerator, "
                              "or 1/4 of RAM up to 4 GB on CPU)")
@@ -73,13 +98,17 @@ def _load_model(name_or_dir: str):
 
 def run(args: argparse.Namespace) -> int:
     from labelfree_jax.core.errors import InputError
-    from labelfree_jax.inference.batch import predict_files, summary_path
+    from labelfree_jax.inference.outputs import prepare_output_folder
 
     inputs = list(args.inputs)
     if args.manifest:
         inputs.append(args.manifest)
     if not inputs:
         raise InputError("give INPUTS or --manifest")
+    prepare_output_folder(args.out)  # a bad --out fails here, before the model is loaded
+
+    from labelfree_jax.inference.batch import predict_files, summary_path
+
     model = _load_model(args.model)
     overlap = None
     if args.overlap:
@@ -90,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         target=args.target,
         shard=args.shard,
+        channels=args.channel,
+        scenes=args.scene,
+        times=args.time,
+        existing="overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse",
         tile_shape=tuple(args.tile) if args.tile else None,
         overlap=overlap,
         batch_size=args.batch_size,
@@ -100,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     n_bad = sum(not r.ok for r in records)
+    n_skipped = sum(r.status == "skipped" for r in records)
     where = summary_path(args.out, args.shard)
-    print(f"{len(records) - n_bad} of {len(records)} image(s) predicted, {n_bad} failed; summary: {where}")
+    skipped = f", {n_skipped} skipped (exist)" if n_skipped else ""
+    print(f"{len(records) - n_bad - n_skipped} of {len(records)} image(s) predicted{skipped}, {n_bad} failed; "
+          f"summary: {where}")
     return 1 if n_bad else 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
 
 def _channels(value: str | None):
@@ -24,7 +26,8 @@ def register(subparsers) -> None:
             "difference maps, an observed/predicted toggle GIF, Otsu foregrounds, metrics.json and "
             "report.md with a metrics table (Pearson r, MSE, MAE, NRMSE, PSNR, SSIM, Dice, IoU, "
             "optionally the noise ceiling C_max). The prediction is read from --prediction or "
-            "computed with --model."
+            "computed with --model (then saved as <stem>_prediction.ome.tif in the report folder, with its "
+            "provenance; the signal channel is chosen as by labelfree predict, its pixel size honoured)."
         ),
     )
     parser.add_argument("--signal", required=True, help="transmitted-light input image (TIFF / OME-TIFF / CZI)")
@@ -49,24 +52,39 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _predict(args: argparse.Namespace, out: Path):
+    """Predict ``--signal`` with ``--model``: ``(model, signal image used, channel chosen, prediction, the file
+    to save it to, warnings)``."""
+    from labelfree_jax.hub import zoo
+    from labelfree_jax.imagefiles import read_image
+    from labelfree_jax.inference.channels import choose_signal_channels
+    from labelfree_jax.inference.image import predict_image
+    from labelfree_jax.inference.outputs import prediction_path, prepare_output_folder
+
+    prepare_output_folder(out)
+    model = zoo.load(args.model)
+    image = read_image(args.signal, axes=args.axes)  # logs its own warnings
+    image, channel = choose_signal_channels(image, model.config, channels=_channels(args.signal_channel))
+    found: list[str] = []
+    prediction = predict_image(model, image, warnings=found, progress=False)
+    for text in found:
+        logging.getLogger(__name__).warning("%s: %s", args.signal, text)
+    return model, image, channel, prediction, prediction_path(out, args.signal), [*image.warnings, *found]
+
+
+def _save_prediction(model, image, channel: str, prediction, path: Path, warnings: list[str]) -> None:
+    from labelfree_jax.inference.image import write_prediction
+    from labelfree_jax.inference.provenance import prediction_provenance
+
+    provenance = prediction_provenance(model, input_file=image.path, signal_channel=channel)
+    provenance["warnings"] = "; ".join(warnings) or None
+    write_prediction(path, prediction, image, model, provenance=provenance)
+
+
 def run(args: argparse.Namespace) -> int:
     from labelfree_jax.core.errors import InputError
     from labelfree_jax.evaluation.report import write_report
     from labelfree_jax.imagefiles import read_image
-
-    signal = read_image(args.signal, channels=_channels(args.signal_channel), axes=args.axes)
-    target = (read_image(args.target, channels=_channels(args.target_channel), axes=args.axes)
-              if args.target else None)
-    if args.model:
-        from labelfree_jax.hub import zoo
-
-        model = zoo.load(args.model)
-        prediction = model.predict(signal.data.astype("float32"))
-        pred_name = f"model {args.model}"
-    else:
-        pred_image = read_image(args.prediction, channels=_channels(args.prediction_channel), axes=args.axes)
-        prediction = pred_image.data
-        pred_name = str(args.prediction)
 
     noise = args.noise_variance
     if noise is not None and noise != "auto":
@@ -74,13 +92,26 @@ def run(args: argparse.Namespace) -> int:
             noise = [float(v) for v in noise.split(",")]
         except ValueError:
             raise InputError(f"--noise-variance must be 'auto' or numbers, got {args.noise_variance!r}") from None
+    out = Path(args.out)
+    target = (read_image(args.target, channels=_channels(args.target_channel), axes=args.axes)
+              if args.target else None)
+    warnings: list[str] = []
+    if args.model:
+        model, signal, channel, prediction, pred_path, warnings = _predict(args, out)
+        _save_prediction(model, signal, channel, prediction, pred_path, warnings)
+        print(f"wrote {pred_path}")
+        pred_name = f"model {args.model}"
+    else:
+        signal = read_image(args.signal, channels=_channels(args.signal_channel), axes=args.axes)
+        prediction = read_image(args.prediction, channels=_channels(args.prediction_channel), axes=args.axes).data
+        pred_name = str(args.prediction)
 
     names = {"signal": str(args.signal), "prediction": pred_name}
     if args.target:
         names["target"] = str(args.target)
     pixel_sizes = signal.pixel_sizes or (target.pixel_sizes if target is not None else None)
     path = write_report(
-        args.out,
+        out,
         signal=signal.data,
         target=target.data if target is not None else None,
         prediction=prediction,
@@ -89,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         noise_variance=noise,
         normalize=args.normalize,
         title=args.title,
+        warnings=warnings,
+        prediction_file=pred_path.name if args.model else None,
     )
     print(f"wrote {path}")
     return 0

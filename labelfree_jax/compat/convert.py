@@ -9,7 +9,9 @@ Two checkpoint layouts exist:
 
 Files are read with ``torch.load(weights_only=True)`` (no arbitrary unpickling). The
 transform strings of ``train_options.json`` are parsed, never evaluated
-(:func:`labelfree_jax.compat.fnet_transforms.parse_fnet_transform`). torch is needed only here.
+(:func:`labelfree_jax.compat.fnet_transforms.parse_fnet_transform`); without them the original's
+default, ``fnet.transforms.normalize``, is used for signal and target, with a WARNING. torch is
+needed only here.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from labelfree_jax.models.config import NetworkConfig, PackageConfig
 from labelfree_jax.models.package import check_variables, save_package, unflatten_variables
 
 __all__ = [
+    "FNET_DEFAULT_TRANSFORM",
     "convert_fnet_checkpoint",
     "network_config_from_checkpoint",
     "read_fnet_checkpoint",
@@ -146,21 +149,43 @@ def read_fnet_checkpoint(path: str | Path) -> tuple[NetworkConfig, dict, dict]:
     return network, unflatten_variables(flat), info
 
 
-def transforms_from_train_options(path: str | Path) -> dict[str, Any]:
+#: The original fnet's default transforms (``scripts/train_model.py``: ``--transform_signal`` and
+#: ``--transform_target`` both default to ``fnet.transforms.normalize``, a z-score per image).
+FNET_DEFAULT_TRANSFORM = "fnet.transforms.normalize"
+
+
+def _default_transforms(role: str, why: str) -> tuple:
+    log.warning(
+        "%s: using the original fnet's default %s transforms (%s: z-score per image); if the model was trained "
+        "otherwise, pass its train_options.json", why, role, FNET_DEFAULT_TRANSFORM,
+    )
+    return tuple(parse_fnet_transform(FNET_DEFAULT_TRANSFORM))
+
+
+def transforms_from_train_options(path: str | Path | None) -> dict[str, Any]:
     """``transform_signal`` / ``transform_target`` from train_options.json, as typed transforms.
+
+    Without ``path``, or for a field the file does not have (absent or null), the original fnet's
+    default is used (``fnet.transforms.normalize``, a z-score per image, for signal and target)
+    and a WARNING says so. An empty list is kept as "no transforms".
 
     Raises:
         ConfigError: the file cannot be read, is not a JSON object, or holds a transform
             string that is not supported (the message names the file).
     """
+    if path is None:
+        why = "no train_options.json given"
+        return {"signal_transforms": _default_transforms("signal", why),
+                "target_transforms": _default_transforms("target", why)}
     path = Path(path)
     options = read_json(path, what="train options")
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: train options must be a JSON object; got {type(options).__name__}")
 
-    def parse(value: Any) -> tuple:
+    def parse(key: str, role: str) -> tuple:
+        value = options.get(key)
         if value is None:
-            return ()
+            return _default_transforms(role, f"{path} has no {key}")
         items = value if isinstance(value, list) else [value]
         steps: list = []
         for item in items:
@@ -171,8 +196,8 @@ def transforms_from_train_options(path: str | Path) -> dict[str, Any]:
 
     try:
         return {
-            "signal_transforms": parse(options.get("transform_signal")),
-            "target_transforms": parse(options.get("transform_target")),
+            "signal_transforms": parse("transform_signal", "signal"),
+            "target_transforms": parse("transform_target", "target"),
         }
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
@@ -185,9 +210,17 @@ def convert_fnet_checkpoint(
     train_options: str | Path | None = None,
     name: str | None = None,
 ) -> Model:
-    """Convert ``model.p`` (+ optional ``train_options.json``) into a package in ``out_dir``."""
+    """Convert ``model.p`` (+ optional ``train_options.json``) into a package in ``out_dir``.
+
+    The package's transforms come from ``train_options`` (:func:`transforms_from_train_options`;
+    the original fnet's default z-score normalisation, with a WARNING, where it says nothing).
+
+    Raises:
+        InputError: an unreadable or non-fnet checkpoint file.
+        ConfigError: unsupported network arguments or transform strings (messages name the file).
+    """
     network, variables, info = read_fnet_checkpoint(checkpoint_path)
-    transforms = transforms_from_train_options(train_options) if train_options else {}
+    transforms = transforms_from_train_options(train_options or None)
     config = PackageConfig(
         name=name or Path(checkpoint_path).resolve().parent.name or "fnet",
         description=f"converted from pytorch_fnet checkpoint {Path(checkpoint_path).name}",

@@ -137,6 +137,8 @@ def write_report(
     normalize: str = "none",
     spatial_dims: int | None = None,
     title: str | None = None,
+    warnings: Sequence[str] = (),
+    prediction_file: str | None = None,
 ) -> Path:
     """Write a report folder for one predicted image; return the path of ``report.md``.
 
@@ -163,6 +165,11 @@ def write_report(
             metrics and difference maps; Pearson r and the Otsu overlaps are unaffected).
         spatial_dims: layout of the arrays, as in :mod:`labelfree_jax.evaluation.plots`.
         title: report title (default "Prediction report").
+        warnings: assumptions made while predicting (e.g. from
+            :func:`labelfree_jax.inference.predict.predict_array`), listed in ``report.md`` and
+            ``metrics.json``.
+        prediction_file: name of the prediction's file in ``out_dir`` (e.g. the OME-TIFF
+            ``labelfree report --model`` saves), linked from ``report.md``.
 
     Returns:
         Path of ``report.md``. Beside it: the PNG figures and GIF of :data:`FIGURE_FILES`
@@ -191,6 +198,8 @@ def write_report(
         "channels": [{k: (_json_num(v) if isinstance(v, float) else v) for k, v in m.items()}
                      for m in channel_metrics],
         "figures": {key: FIGURE_FILES[key] for key, _, _ in figures},
+        "warnings": [str(w) for w in warnings],
+        "prediction_file": prediction_file,
     }
     atomic_write_text(out / METRICS_FILE, json.dumps(record, indent=2, allow_nan=False) + "\n")
 
@@ -322,12 +331,16 @@ def _markdown(
     lines.append("")
     axes = "(C, Z, Y, X)" if is_3d else "(C, Y, X)"
     lines.append(f"Arrays are channel-first {axes}.")
+    if record["prediction_file"]:
+        lines.append(f"The prediction is saved as [{record['prediction_file']}]({record['prediction_file']}).")
     ps = record["pixel_sizes"]
     if ps:
         lines.append("Pixel sizes (µm): " + ", ".join(f"{k} {float(v):.4g}" for k, v in ps.items()) + ".")
     else:
         lines.append("Pixel sizes: unknown.")
     lines.append("")
+    if record["warnings"]:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in record["warnings"]] + [""]
     if channel_metrics:
         lines += ["## Metrics", ""]
         n = len(channel_metrics)

@@ -23,7 +23,8 @@ class ManifestRow:
 
     ``target`` is None for a single multi-channel file (``signal`` is that file); the
     channels are then the row's own (``signal_channels`` / ``target_channels``) or the
-    dataset's defaults.
+    dataset's defaults. ``scene`` (index or name) and ``time`` (index) choose one scene /
+    time point of files that hold several (columns ``scene`` and ``time``).
     """
 
     signal: Path
@@ -31,6 +32,8 @@ class ManifestRow:
     weight: Path | None = None
     signal_channels: tuple[int | str, ...] | None = None
     target_channels: tuple[int | str, ...] | None = None
+    scene: int | str | None = None
+    time: int | None = None
 
     @property
     def name(self) -> str:
@@ -47,14 +50,23 @@ def parse_channels(cell: str) -> tuple[int | str, ...] | None:
     return tuple(int(p) if p.lstrip("-").isdigit() else p for p in parts)
 
 
+def _scene_time(r: dict[str, str], path: Path, line: int) -> dict[str, int | str | None]:
+    """The row's ``scene`` (an index when all digits, else a name) and ``time`` (an index) cells."""
+    scene_cell, time_cell = r.get("scene", ""), r.get("time", "")
+    scene: int | str | None = int(scene_cell) if scene_cell.isdigit() else (scene_cell or None)
+    if time_cell and not time_cell.isdigit():
+        raise InputError(f"{path}, line {line}: time must be a time-point index (0, 1, ...), got {time_cell!r}")
+    return {"scene": scene, "time": int(time_cell) if time_cell else None}
+
+
 def read_manifest(path: str | Path, *, require_target: bool = True, check_files: bool = True) -> list[ManifestRow]:
     """Read a CSV manifest (see :class:`~labelfree_jax.training.config.DatasetConfig` for the columns).
 
     Columns: ``path_signal`` and ``path_target`` (optional ``path_weight_map``) for pairs of
     files, or one multi-channel file per row in ``path`` (or ``path_czi``); optional
     ``channel_signal`` / ``channel_target`` (an index, a channel name, or several separated
-    by ``;``). Relative paths are resolved against the CSV's folder, never the working
-    directory. With ``check_files``, missing files are reported here, all at once, so a typo
+    by ``;``), ``scene`` (index or name) and ``time`` (index). Relative paths are resolved
+    against the CSV's folder, never the working directory. With ``check_files``, missing files are reported here, all at once, so a typo
     does not surface hours into training.
 
     Args:
@@ -103,6 +115,7 @@ def read_manifest(path: str | Path, *, require_target: bool = True, check_files:
                 weight=resolve(wcell) if wcell else None,
                 signal_channels=parse_channels(r.get("channel_signal", "")),
                 target_channels=parse_channels(r.get("channel_target", "")),
+                **_scene_time(r, path, n),
             )
         else:
             assert single is not None
@@ -115,6 +128,7 @@ def read_manifest(path: str | Path, *, require_target: bool = True, check_files:
                 weight=resolve(wcell) if wcell else None,
                 signal_channels=parse_channels(r.get("channel_signal", "")),
                 target_channels=parse_channels(r.get("channel_target", "")),
+                **_scene_time(r, path, n),
             )
         for p in (row.signal, row.target, row.weight):
             if check_files and p is not None and not p.is_file():

@@ -1,11 +1,15 @@
-"""Writing image files: OME-TIFF, atomically (temporary name in the same folder, then rename)."""
+"""Writing image files: OME-TIFF, atomically (temporary name in the same folder, then rename).
+
+Channel names are written as given (e.g. ``"DNA (predicted)"``); a provenance mapping goes into
+the OME metadata (see :mod:`labelfree_jax.imagefiles.provenance`).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ import tifffile
 
 from labelfree_jax.core.atomic import atomic_path
 from labelfree_jax.core.errors import InputError
+from labelfree_jax.imagefiles.provenance import ProvenanceValue, provenance_metadata
 
 __all__ = ["WRITABLE_DTYPES", "write_ome_tiff"]
 
@@ -44,6 +49,8 @@ def _checked_array(p: Path, data: np.ndarray, axes: str | None) -> tuple[np.ndar
         raise InputError(f"{p}: data shape {arr.shape} does not match axes {axes!r}")
     if arr.size == 0:
         raise InputError(f"{p}: cannot write an empty array (shape {arr.shape})")
+    if arr.dtype.byteorder not in ("=", "|") and arr.dtype.kind in "uif":
+        arr = arr.astype(arr.dtype.newbyteorder("="))  # big-endian: written in native byte order
     if arr.dtype not in WRITABLE_DTYPES:
         raise InputError(
             f"{p}: cannot write dtype {arr.dtype}; use one of {', '.join(str(d) for d in WRITABLE_DTYPES)} "
@@ -97,28 +104,35 @@ def write_ome_tiff(
     axes: str | None = None,
     channel_names: Sequence[str] | None = None,
     pixel_sizes: dict[str, float] | None = None,
+    provenance: Mapping[str, ProvenanceValue] | None = None,
 ) -> Path:
     """Write an OME-TIFF atomically (temporary file in the same folder, then ``os.replace``).
 
     Args:
         path: destination (an existing file is replaced only once the new one is complete).
         data: ``(C, Z, Y, X)`` / ``(C, Y, X)``, or ``(Z, Y, X)`` / ``(Y, X)`` without C;
-            dtype one of :data:`WRITABLE_DTYPES` (written as is).
+            dtype one of :data:`WRITABLE_DTYPES` (written as is; a big-endian array, e.g.
+            ``>u2``, is converted to native byte order).
         axes: ``"CZYX"``, ``"CYX"``, ``"ZYX"`` or ``"YX"``; None infers it from ``data.ndim``
             (4 → CZYX, 3 → CYX, 2 → YX). A 3D array without C must say ``axes="ZYX"``.
-        channel_names: one name per channel.
+        channel_names: one name per channel, written as given (e.g. ``"DNA (predicted)"``).
         pixel_sizes: µm per pixel, keys among ``"z"``, ``"y"``, ``"x"`` (spatial axes only).
+        provenance: ``{name: str | float | int | None}`` stored in the OME metadata (the image's
+            Description as a JSON object, and a MapAnnotation); read it back with
+            :func:`~labelfree_jax.imagefiles.provenance.read_provenance`. Replacing an existing
+            file or not is the caller's choice: this function replaces it.
 
     Returns:
         The path written.
 
     Raises:
-        InputError: bad shape/axes/dtype/names/pixel sizes, or the write failed (no partial
-            file is left behind).
+        InputError: bad shape/axes/dtype/names/pixel sizes/provenance, or the write failed (no
+            partial file is left behind).
     """
     p = Path(path)
     arr, axes = _checked_array(p, data, axes)
     metadata = _ome_metadata(p, axes, arr.shape[0], channel_names, pixel_sizes)
+    metadata.update(provenance_metadata(p, provenance))
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{p}: folder {folder} does not exist")

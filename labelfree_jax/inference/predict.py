@@ -6,7 +6,10 @@
 1. the input ``(C, Z, Y, X)`` / ``(Z, Y, X)`` (3D model) or ``(C, Y, X)`` / ``(Y, X)`` (2D model)
    is checked (dimensions, channel count, NaN/Inf) and converted to float32;
 2. the model's ``signal_transforms`` (normalisation, resizing, padding ...) map it onto the
-   network's *working grid*;
+   network's *working grid*, the resize adapted to the input's pixel sizes by the rule training
+   uses too (:func:`labelfree_jax.transforms.pixel_size.resolve_resize`: input pixel size -> the
+   package's working pixel size ``pixel_size_um``; a fixed zoom is only the fallback, with a
+   warning naming the input pixel size it assumes);
 3. the network runs tile by tile (:mod:`labelfree_jax.inference.tiling`) with tile starts aligned to
    ``2**depth`` voxels, so the interior of every tile equals the whole-volume output, and the
    tiles are blended with Gaussian-tapered weights; the tile size and overlap are chosen by
@@ -14,7 +17,10 @@
    measured seam errors behind the default overlap);
 4. the geometric transforms are inverted (intensity transforms are not: the prediction is
    in the units of the training targets), so the result lies on the input grid:
-   ``(C_out, *input_spatial)`` float32.
+   ``(C_out, *input_spatial)`` float32; a prediction with NaN/Inf is refused.
+
+Every assumption made on the way (:mod:`labelfree_jax.inference.checks`,
+:func:`~labelfree_jax.transforms.pixel_size.resolve_resize`) is a warning: logged, or handed to the caller.
 
 Memory during prediction: the input and its padded working copy, two float32 accumulators of
 the output size and at most two batches of tiles; it does not grow with the number of tiles.
@@ -35,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from labelfree_jax.core.errors import InputError
+from labelfree_jax.inference.checks import check_size, input_warnings
 from labelfree_jax.inference.tile_policy import (
     choose_tile_shape,
     halve_largest,
@@ -46,6 +53,7 @@ from labelfree_jax.inference.tile_policy import (
 )
 from labelfree_jax.inference.tiling import BLEND_KINDS, predict_tiled
 from labelfree_jax.transforms import Pipeline, validate_image_array
+from labelfree_jax.transforms.pixel_size import resolve_resize
 
 __all__ = ["predict_array"]
 
@@ -141,6 +149,38 @@ def _predict_working_grid(
             tile = smaller
 
 
+def _working_pipeline(config, spatial: tuple[int, ...], pixel_sizes) -> tuple[Pipeline, list[str]]:
+    """The signal pipeline for this input (resize from its pixel sizes) and the assumptions made."""
+    working = dict(getattr(config, "pixel_size_um", None) or {})
+    names = ("z", "y", "x")[-len(spatial):]
+    sizes = {k: v for k, v in (pixel_sizes or {}).items() if k in names and v is not None}
+    for axis, side in zip(names, spatial):
+        if side == 1 and axis in working:
+            sizes[axis] = working[axis]  # a single plane: nothing to resample, nothing to assume
+    steps, found = resolve_resize(
+        tuple(getattr(config, "signal_transforms", ()) or ()), working or None, sizes or None, n_spatial=len(spatial)
+    )
+    return Pipeline(steps=tuple(steps)), list(found)
+
+
+def _report(found: list[str], warnings: list[str] | None) -> None:
+    """Hand the warnings to the caller's list, or log them when there is none."""
+    if warnings is not None:
+        warnings.extend(found)
+        return
+    for message in found:
+        log.warning("%s", message)
+
+
+def _check_finite(y: np.ndarray) -> None:
+    bad = int(y.size - np.count_nonzero(np.isfinite(y)))
+    if bad:
+        raise InputError(
+            f"the prediction has {bad} non-finite value(s) (NaN/Inf) of {y.size}; nothing written for this image "
+            "(extreme input values, or weights that overflow?)"
+        )
+
+
 def predict_array(
     model,
     x: np.ndarray,
@@ -154,14 +194,15 @@ def predict_array(
     pixel_sizes: dict[str, float] | None = None,
     max_memory_bytes: int | None = None,
     progress: bool = True,
+    warnings: list[str] | None = None,
 ):
     """Predict the target for one image of any size.
 
     Args:
         model: a :class:`~labelfree_jax.inference.model.Model` (``config``, ``ndim``, ``forward_fn()``).
         x: ``(C, Z, Y, X)`` or ``(Z, Y, X)`` for a 3D model, ``(C, Y, X)`` or ``(Y, X)`` for a
-            2D model (without C, one channel is assumed); any real dtype; ``C`` must equal the
-            network's input channels.
+            2D model (without C, one channel is assumed); any real dtype, raw file units;
+            ``C`` must equal the network's input channels.
         tile_shape: spatial tile (voxels, on the working grid); default: the model config's
             ``prediction.tile_shape``, else chosen from the memory budget
             (:func:`~labelfree_jax.inference.tile_policy.choose_tile_shape`).
@@ -175,17 +216,27 @@ def predict_array(
         tta: test-time augmentation: average the predictions for all ``2**ndim`` combinations
             of flipping the spatial axes (``2**ndim`` times the work).
         return_working_grid: also return the prediction on the working grid.
-        pixel_sizes: µm per pixel of ``x`` (``{"z", "y", "x"}``), needed by a ``resize`` to a
-            target pixel size.
+        pixel_sizes: µm per pixel of ``x`` (keys among ``"z"``, ``"y"``, ``"x"``; others
+            ignored). The input is resampled from them to the package's working pixel size
+            ``config.pixel_size_um`` and the prediction back to the input grid (see
+            :func:`~labelfree_jax.transforms.pixel_size.resolve_resize`, which also says what
+            is assumed when either is unknown). An axis of one pixel (a single z-plane) is
+            never resampled.
         max_memory_bytes: memory budget for choosing (or shrinking) the tile.
         progress: tqdm bars.
+        warnings: a list to append the warnings to (assumptions made for this input: unknown
+            pixel size, a single z-plane for a 3D model, an axis shorter than ``2**depth``, no
+            normalisation, intensities far from the training signal's; see
+            :mod:`~labelfree_jax.inference.checks`); the caller then reports them. None: each
+            is logged at WARNING.
 
     Returns:
         ``(C_out, *spatial of x)`` float32; with ``return_working_grid`` the tuple
         ``(prediction, prediction_on_working_grid)``.
 
     Raises:
-        InputError: wrong dimensions or channel count, NaN/Inf, empty axes, bad tile/overlap.
+        InputError: wrong dimensions or channel count, NaN/Inf, empty axes, Y or X under 2
+            pixels, bad tile/overlap, or a prediction with NaN/Inf values.
 
     On an accelerator out-of-memory error the tile's longest side is halved and the
     prediction retried (down to ``2**depth`` voxels), with a warning.
@@ -200,8 +251,10 @@ def predict_array(
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     arr = _check_input(model, x)
+    check_size(arr.shape)
     input_spatial = tuple(arr.shape[1:])
-    pipeline = Pipeline(steps=tuple(getattr(model.config, "signal_transforms", ()) or ()))
+    pipeline, found = _working_pipeline(model.config, input_spatial, pixel_sizes)
+    _report(input_warnings(model.config, arr, nd) + found, warnings)
     work, state = pipeline.apply(arr, pixel_sizes=pixel_sizes)
     if tile_shape is None:
         tile_shape = getattr(defaults, "tile_shape", None)
@@ -219,4 +272,5 @@ def predict_array(
     if tuple(y.shape[1:]) != input_spatial:  # pragma: no cover - guarded by the transforms' own tests
         raise RuntimeError(f"inverse transforms gave spatial shape {y.shape[1:]}, expected {input_spatial}")
     y = np.ascontiguousarray(y, dtype=np.float32)
+    _check_finite(y)
     return (y, y_work) if return_working_grid else y

@@ -64,7 +64,14 @@ def expected_shapes(network: NetworkConfig) -> dict[str, tuple[int, ...]]:
 
 
 def check_variables(flat: dict[str, np.ndarray], network: NetworkConfig, source: str) -> None:
-    """Raise :class:`IntegrityError` unless ``flat`` has exactly the network's names and shapes."""
+    """Raise :class:`IntegrityError` unless ``flat`` holds exactly the network's tensors, usable as weights.
+
+    Checked, each refusal naming ``source`` and the tensor: the names and shapes equal those of
+    the network ``network`` describes; every tensor is of a floating-point dtype (an integer or
+    boolean tensor is not a trained weight: a damaged or foreign file); every value is finite;
+    and every BatchNorm running variance (``batch_stats/.../var``) is >= 0 (a negative variance
+    makes ``sqrt(var + eps)`` NaN at the first prediction).
+    """
     expected = expected_shapes(network)
     missing = sorted(set(expected) - set(flat))
     extra = sorted(set(flat) - set(expected))
@@ -75,10 +82,20 @@ def check_variables(flat: dict[str, np.ndarray], network: NetworkConfig, source:
             f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''})"
         )
     for name, shape in expected.items():
-        if tuple(flat[name].shape) != shape:
-            raise IntegrityError(f"{source}: tensor {name} has shape {flat[name].shape}, the config needs {shape}")
-        if not np.all(np.isfinite(flat[name])):
+        value = flat[name]
+        if tuple(value.shape) != shape:
+            raise IntegrityError(f"{source}: tensor {name} has shape {value.shape}, the config needs {shape}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise IntegrityError(
+                f"{source}: tensor {name} has dtype {value.dtype}; weights must be floating point (float32)"
+            )
+        if not np.all(np.isfinite(value)):
             raise IntegrityError(f"{source}: tensor {name} contains NaN/Inf")
+        if name.startswith("batch_stats/") and name.endswith("/var") and np.any(value < 0):
+            raise IntegrityError(
+                f"{source}: BatchNorm running variance {name} has negative values (min {float(value.min()):.4g}); "
+                "a variance is >= 0, so the file is damaged"
+            )
 
 
 def save_package(

@@ -11,6 +11,7 @@ Modules, one job each:
 * :mod:`~labelfree_jax.training.distributed`: multi-host start-up, data-parallel sharding;
 * :mod:`~labelfree_jax.training.validation`: validation figures during training;
 * :mod:`~labelfree_jax.training.checkpoints`, :mod:`~labelfree_jax.training.run_files`: the run directory;
+* :mod:`~labelfree_jax.training.data_record`: what the package records of the training data;
 * :mod:`~labelfree_jax.training.export`: the trained model package and its card;
 * :mod:`~labelfree_jax.training.loop` and :mod:`~labelfree_jax.training.train`: the loop and :func:`train`.
 
@@ -59,6 +60,11 @@ _LAZY = {
     "initialize_distributed": "distributed",
     "TrainResult": "result",
     "TrainingDivergedError": "result",
+    "RunDirectoryError": "result",
+    "RawSignal": "datasets",
+    "TrainingDataRecord": "data_record",
+    "describe_training_data": "data_record",
+    "intensity_statistics": "data_record",
     "train": "fit",
     # run directory names
     "RUN_CONFIG_FILE": "run_files",
@@ -89,16 +95,21 @@ __all__ = [
     "OptimizerConfig",
     "PairDataset",
     "PatchLoader",
+    "RawSignal",
     "RunConfig",
+    "RunDirectoryError",
     "ScheduleConfig",
     "Subset",
     "TrainResult",
+    "TrainingDataRecord",
     "TrainingDivergedError",
     "build_datasets",
     "crop_region",
+    "describe_training_data",
     "eval_step",
     "init_train_state",
     "initialize_distributed",
+    "intensity_statistics",
     "load_run_config",
     "make_mesh",
     "make_optimizer",

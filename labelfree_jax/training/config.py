@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from labelfree_jax.core.schema import PixelSizes, StrictModel, load_model, parse_model
-from labelfree_jax.models.config import NetworkConfig, PackageConfig
+from labelfree_jax.models.config import IntensityStatistics, NetworkConfig, PackageConfig
 from labelfree_jax.transforms import Transform
 
 __all__ = [
@@ -199,6 +199,14 @@ class RunConfig(StrictModel):
     ``prediction_signal_transforms`` are appended to ``signal_transforms`` in the model
     package only (e.g. the original fnet's prediction-time padding to a multiple of 16);
     training does not apply them.
+
+    ``pixel_size_um`` is the working pixel size (µm, keys ``z``, ``y``, ``x``): the grid the
+    network trains on, recorded in the package. Every training image is brought onto it from
+    its own pixel sizes by the rule prediction uses too
+    (:func:`~labelfree_jax.transforms.pixel_size.resolve_resize`: a fixed ``resize`` zoom is
+    replaced by file pixel size / working pixel size when the file states its pixel size, and
+    kept, with a warning naming the pixel size it assumes, when it does not). Without it the
+    images are used on their own grids (a warning says the pixel size is unknown).
     """
 
     format_version: Literal[1] = RUN_CONFIG_VERSION
@@ -297,24 +305,39 @@ class RunConfig(StrictModel):
                 record["train_region"] = {k: list(v) for k, v in train.region.items()}
         return record
 
-    def package_config(self, *, metrics: dict[str, float], steps: int) -> PackageConfig:
+    def package_config(
+        self,
+        *,
+        metrics: dict[str, float],
+        steps: int,
+        signal_channels: tuple[int | str, ...] | None = None,
+        signal_channel_names: tuple[str, ...] | None = None,
+        signal_statistics: IntensityStatistics | None = None,
+    ) -> PackageConfig:
         """The model package's config for the network this run trained in ``steps`` steps.
 
         The package's signal transforms are ``signal_transforms`` followed by
-        ``prediction_signal_transforms``; channels come from the training dataset;
-        ``training`` is :meth:`training_record`.
+        ``prediction_signal_transforms``; ``pixel_size_um`` is the working pixel size;
+        ``training`` is :meth:`training_record`. ``signal_channels`` (the channels the training
+        images selected; default: the training dataset config's), ``signal_channel_names`` and
+        ``signal_statistics`` are what the training data showed
+        (:func:`~labelfree_jax.training.data_record.describe_training_data`).
         """
         train = self.data.train if self.data is not None else None
+        if signal_channels is None and train is not None:
+            signal_channels = train.signal_channels
         return PackageConfig(
             name=self.name,
             description=self.description,
             network=self.model,
             signal_transforms=tuple(self.signal_transforms) + tuple(self.prediction_signal_transforms),
             target_transforms=self.target_transforms,
-            signal_channels=train.signal_channels if train is not None else None,
+            signal_channels=signal_channels,
             target_channels=train.target_channels if train is not None else None,
             signal_description=self.signal_description,
             target_description=self.target_description,
+            signal_channel_names=signal_channel_names,
+            signal_statistics=signal_statistics,
             pixel_size_um=self.pixel_size_um,
             metrics=metrics,
             training=self.training_record(steps),

@@ -3,13 +3,17 @@
 A dataset is a sequence of *image pairs*: ``signal`` ``(C_in, *spatial)``, ``target``
 ``(C_out, *spatial)`` and an optional ``weight`` map ``(1 or C_out, *spatial)``, all float32,
 channel-first, on the same grid *after* the transforms. ``load(i)`` reads and transforms
-one pair (nothing is cached by the dataset; the loader keeps what it needs).
+one pair (nothing is cached by the dataset; the loader keeps what it needs);
+``raw_signal(i)`` gives the untransformed signal (for the package's intensity statistics).
 
 * :class:`FileDataset` reads the rows of a CSV manifest (:func:`read_manifest`): separate
   signal/target(/weight) files, or one multi-channel file per row with signal/target
   channel indices or names. An optional ``region`` keeps part of each raw image before the
-  transforms (:func:`crop_region`; the fixed train/test regions of a single image).
-* :class:`ArrayDataset` wraps in-memory arrays.
+  transforms (:func:`crop_region`; the fixed train/test regions of a single image). With a
+  working pixel size (``RunConfig.pixel_size_um``) every image is brought onto it from its own
+  pixel sizes (:func:`~labelfree_jax.transforms.pixel_size.resolve_resize`, the rule prediction
+  uses too).
+* :class:`ArrayDataset` wraps in-memory arrays (their transforms are applied as given).
 * :class:`Subset` selects rows; :func:`split_indices` makes a fixed random split.
 * :func:`build_datasets` makes the training and validation datasets of a run config.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,7 @@ import numpy as np
 from labelfree_jax.core.errors import ConfigError, InputError
 from labelfree_jax.imagefiles.manifest import ManifestRow, read_manifest
 from labelfree_jax.transforms import Pipeline, validate_image_array
+from labelfree_jax.transforms.pixel_size import resolve_resize
 
 if TYPE_CHECKING:
     from labelfree_jax.training.config import DatasetConfig, RunConfig
@@ -39,6 +45,7 @@ __all__ = [
     "ImagePair",
     "ManifestRow",
     "PairDataset",
+    "RawSignal",
     "Subset",
     "build_datasets",
     "crop_region",
@@ -105,6 +112,11 @@ def crop_region(x: np.ndarray, region: Mapping[str, Sequence[int]] | None, *, wh
     return np.ascontiguousarray(x[tuple(index)])
 
 
+def _scene_time(row: ManifestRow) -> dict[str, Any]:
+    """The row's ``scene`` / ``time`` choice (manifest columns ``scene``, ``time``) for ``read_image``."""
+    return {"scene": getattr(row, "scene", None), "time": getattr(row, "time", None)}
+
+
 def _transform(pipeline: Pipeline, x: np.ndarray, pixel_sizes, what: str) -> np.ndarray:
     try:
         y, _ = pipeline.apply(x, pixel_sizes=pixel_sizes)
@@ -161,6 +173,27 @@ class PairDataset(abc.ABC):
     def has_weights(self) -> bool:
         return False
 
+    def raw_signal(self, index: int) -> RawSignal | None:
+        """The untransformed signal of pair ``index`` (None: this dataset cannot tell)."""
+        return None
+
+    def signal_channel_choice(self) -> tuple[int | str, ...] | None:
+        """The signal channels every item selects (index or name), None when unknown or not the same."""
+        return None
+
+
+@dataclass(frozen=True)
+class RawSignal:
+    """The signal of a pair before the transforms (after channel selection and region crop).
+
+    Attributes:
+        data: ``(C, *spatial)`` in the file's units and dtype.
+        channel_names: names of those channels, or None when the file has none.
+    """
+
+    data: np.ndarray
+    channel_names: tuple[str, ...] | None = None
+
 
 class FileDataset(PairDataset):
     """Pairs read from files (the rows of a manifest), transformed on load.
@@ -174,6 +207,16 @@ class FileDataset(PairDataset):
         signal_axes, target_axes: stored axes of the files (``read_image(axes=...)``).
         region: ``{"y": [start, stop], ...}`` kept from every raw image.
         source: the manifest path, for messages.
+        working_pixel_size: µm per pixel of the grid the network trains on (``RunConfig.pixel_size_um``).
+            Each signal and target image is brought onto it from its own pixel sizes by
+            :func:`~labelfree_jax.transforms.pixel_size.resolve_resize` (the rule prediction
+            uses too). Every assumption that rule makes is logged once at WARNING and kept in
+            :attr:`warnings`, as are the reader's (``Image.warnings``, logged by the reader).
+
+    A row may choose a scene and a time point (``row.scene``: index or name, ``row.time``: index;
+    the manifest columns ``scene`` and ``time``): both are passed to ``read_image`` for the
+    signal and the target file. A file with several scenes or time points and no choice is an
+    error naming them (the reader's).
     """
 
     def __init__(
@@ -188,6 +231,7 @@ class FileDataset(PairDataset):
         target_axes: str | None = None,
         region: Mapping[str, Sequence[int]] | None = None,
         source: str = "manifest",
+        working_pixel_size: Mapping[str, float] | None = None,
     ):
         self.rows = list(rows)
         self.signal_pipeline = _as_pipeline(signal_transforms)
@@ -198,6 +242,9 @@ class FileDataset(PairDataset):
         self.target_axes = target_axes
         self.region = dict(region) if region else None
         self.source = source
+        self.working_pixel_size = dict(working_pixel_size) if working_pixel_size else None
+        self._warned: dict[str, str] = {}  # assumption -> the first file it was made for
+        self._warn_lock = threading.Lock()
         for i, row in enumerate(self.rows):
             single_file = row.target is None
             if single_file and ((row.signal_channels or self.signal_channels) is None
@@ -209,7 +256,8 @@ class FileDataset(PairDataset):
                 )
 
     @classmethod
-    def from_config(cls, config: DatasetConfig, signal_transforms=(), target_transforms=()) -> FileDataset:
+    def from_config(cls, config: DatasetConfig, signal_transforms=(), target_transforms=(),
+                    working_pixel_size: Mapping[str, float] | None = None) -> FileDataset:
         """Build from a :class:`~labelfree_jax.training.config.DatasetConfig`."""
         rows = read_manifest(config.manifest)
         return cls(
@@ -222,6 +270,7 @@ class FileDataset(PairDataset):
             target_axes=config.target_axes,
             region=config.region,
             source=str(config.manifest),
+            working_pixel_size=working_pixel_size,
         )
 
     def __len__(self) -> int:
@@ -234,40 +283,79 @@ class FileDataset(PairDataset):
     def has_weights(self) -> bool:
         return bool(self.rows) and all(r.weight is not None for r in self.rows)
 
-    def load(self, index: int) -> ImagePair:
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The assumptions made so far (``"<file>: <assumption>"``, each assumption once)."""
+        with self._warn_lock:
+            return tuple(f"{where}: {text}" for text, where in self._warned.items())
+
+    def signal_channel_choice(self) -> tuple[int | str, ...] | None:
+        choices = {row.signal_channels or self.signal_channels for row in self.rows}
+        return choices.pop() if len(choices) == 1 else None
+
+    def _images(self, row: ManifestRow):
+        """``(signal image, target image)`` of ``row``, channels selected, reader assumptions logged once."""
         from labelfree_jax.imagefiles import read_image, select_channels  # io reads every format
 
-        row = self.rows[index]
-        name = row.name
         sig_ch = row.signal_channels or self.signal_channels
         tgt_ch = row.target_channels or self.target_channels
+        where = _scene_time(row)
         if row.target is None and (self.target_axes or self.signal_axes) == self.signal_axes:
-            whole = read_image(row.signal, axes=self.signal_axes)  # one read for both (CZIs are ~0.5 GB)
-            sig_img, tgt_img = select_channels(whole, sig_ch), select_channels(whole, tgt_ch)
-            del whole
-        elif row.target is None:
-            sig_img = read_image(row.signal, channels=sig_ch, axes=self.signal_axes)
-            tgt_img = read_image(row.signal, channels=tgt_ch, axes=self.target_axes)
+            whole = read_image(row.signal, axes=self.signal_axes, **where)  # one read for both (CZIs are ~0.5 GB)
+            images = select_channels(whole, sig_ch), select_channels(whole, tgt_ch)
         else:
-            sig_img = read_image(row.signal, channels=sig_ch, axes=self.signal_axes)
-            tgt_img = read_image(row.target, channels=tgt_ch, axes=self.target_axes)
+            images = (read_image(row.signal, channels=sig_ch, axes=self.signal_axes, **where),
+                      read_image(row.target or row.signal, channels=tgt_ch, axes=self.target_axes, **where))
+        for img, path in zip(images, (row.signal, row.target or row.signal)):
+            self._note(path, getattr(img, "warnings", ()), logged=True)  # the reader logs its own
+        return images
+
+    def _note(self, path: Path, texts: Sequence[str], *, logged: bool = False) -> None:
+        """Keep each assumption once (naming the first file it was made for); log it unless ``logged``."""
+        for text in texts:
+            with self._warn_lock:
+                new = text not in self._warned
+                if new:
+                    self._warned[text] = str(path)
+            if new and not logged:
+                log.warning("%s: %s", path, text)
+
+    def _pipeline(self, pipeline: Pipeline, pixel_sizes, n_spatial: int, path: Path) -> Pipeline:
+        """``pipeline`` for one image of ``path``: onto the working pixel size (assumptions logged once)."""
+        steps, warnings = resolve_resize(pipeline, self.working_pixel_size, pixel_sizes, n_spatial=n_spatial)
+        self._note(path, warnings)
+        return pipeline if steps == pipeline.steps else Pipeline(steps=steps)
+
+    def raw_signal(self, index: int) -> RawSignal:
+        from labelfree_jax.imagefiles import read_image
+
+        row = self.rows[index]
+        img = read_image(row.signal, channels=row.signal_channels or self.signal_channels, axes=self.signal_axes,
+                         **_scene_time(row))
+        data = crop_region(img.data, self.region, what=str(row.signal))
+        return RawSignal(data, tuple(img.channel_names) if img.channel_names else None)
+
+    def load(self, index: int) -> ImagePair:
+        from labelfree_jax.imagefiles import read_image
+
+        row = self.rows[index]
+        target_path = row.target or row.signal
+        sig_img, tgt_img = self._images(row)
+        signal = crop_region(validate_image_array(sig_img.data, what=str(row.signal)), self.region, what=str(row.signal))
+        target = crop_region(validate_image_array(tgt_img.data, what=str(target_path)), self.region,
+                             what=str(target_path))
+        sig_pipe = self._pipeline(self.signal_pipeline, sig_img.pixel_sizes, signal.ndim - 1, row.signal)
+        tgt_pipe = self._pipeline(self.target_pipeline, tgt_img.pixel_sizes, target.ndim - 1, target_path)
         weight = None
         if row.weight is not None:
-            weight = validate_image_array(
-                read_image(row.weight, axes=self.target_axes).data, what=f"weight map {row.weight}"
-            )
-        signal = crop_region(validate_image_array(sig_img.data, what=str(row.signal)), self.region, what=str(row.signal))
-        target = crop_region(
-            validate_image_array(tgt_img.data, what=str(row.target or row.signal)), self.region,
-            what=str(row.target or row.signal),
-        )
-        if weight is not None:
+            weight = validate_image_array(read_image(row.weight, axes=self.target_axes).data,
+                                          what=f"weight map {row.weight}")
             weight = crop_region(weight, self.region, what=str(row.weight))
-        signal = _transform(self.signal_pipeline, signal, sig_img.pixel_sizes, f"{row.signal} (signal)")
-        target = _transform(self.target_pipeline, target, tgt_img.pixel_sizes, f"{row.target or row.signal} (target)")
+        signal = _transform(sig_pipe, signal, sig_img.pixel_sizes, f"{row.signal} (signal)")
+        target = _transform(tgt_pipe, target, tgt_img.pixel_sizes, f"{target_path} (target)")
         if weight is not None:
-            weight = _transform(_geometric(self.target_pipeline), weight, tgt_img.pixel_sizes, f"{row.weight} (weight)")
-        return _finish_pair(signal, target, weight, name)
+            weight = _transform(_geometric(tgt_pipe), weight, tgt_img.pixel_sizes, f"{row.weight} (weight)")
+        return _finish_pair(signal, target, weight, row.name)
 
 
 class ArrayDataset(PairDataset):
@@ -306,6 +394,10 @@ class ArrayDataset(PairDataset):
     @property
     def has_weights(self) -> bool:
         return all(len(p) == 3 for p in self.pairs)
+
+    def raw_signal(self, index: int) -> RawSignal:
+        name = self.describe(index)
+        return RawSignal(crop_region(np.asarray(self.pairs[index][0]), self.region, what=f"{name} signal"))
 
     def load(self, index: int) -> ImagePair:
         name = self.describe(index)
@@ -346,6 +438,12 @@ class Subset(PairDataset):
     def has_weights(self) -> bool:
         return self.dataset.has_weights
 
+    def raw_signal(self, index: int) -> RawSignal | None:
+        return self.dataset.raw_signal(self.indices[index])
+
+    def signal_channel_choice(self) -> tuple[int | str, ...] | None:
+        return self.dataset.signal_channel_choice()
+
 
 def _as_pipeline(transforms) -> Pipeline:
     if isinstance(transforms, Pipeline):
@@ -383,11 +481,11 @@ def build_datasets(config: RunConfig) -> tuple[PairDataset, PairDataset | None]:
                 f"{ds.manifest}: no such manifest file (the zoo recipes' manifests are written by "
                 f"scripts/download_allen_data.py)"
             )
-    sig, tgt = config.signal_transforms, config.target_transforms
-    train_ds: PairDataset = FileDataset.from_config(data.train, sig, tgt)
+    sig, tgt, work = config.signal_transforms, config.target_transforms, config.pixel_size_um
+    train_ds: PairDataset = FileDataset.from_config(data.train, sig, tgt, work)
     val_ds: PairDataset | None = None
     if data.validation is not None:
-        val_ds = FileDataset.from_config(data.validation, sig, tgt)
+        val_ds = FileDataset.from_config(data.validation, sig, tgt, work)
     elif data.validation_fraction > 0:
         first, second = split_indices(len(train_ds), data.validation_fraction, data.split_seed)
         if not first or not second:

@@ -9,12 +9,15 @@ import jax
 from labelfree_jax.models.card import render_model_card
 from labelfree_jax.models.package import save_package
 from labelfree_jax.training.config import RunConfig
+from labelfree_jax.training.data_record import TrainingDataRecord
+from labelfree_jax.training.result import write_failure
 from labelfree_jax.training.run_files import PACKAGE_DIR
 
 __all__ = ["write_package"]
 
 
-def write_package(config: RunConfig, run_dir: Path, state: dict, metrics: dict[str, float], steps: int) -> Path:
+def write_package(config: RunConfig, run_dir: Path, state: dict, metrics: dict[str, float], steps: int,
+                  data: TrainingDataRecord | None = None) -> Path:
     """Write the network of training ``state`` as a model package in ``<run_dir>/package``.
 
     Args:
@@ -23,10 +26,22 @@ def write_package(config: RunConfig, run_dir: Path, state: dict, metrics: dict[s
         state: the training state (its ``params`` and ``batch_stats`` are saved).
         metrics: the final metrics (``train_loss``, ``val_loss``, ``val_pearson_r`` ...), finite.
         steps: the steps trained.
+        data: what the training data showed (signal channels, their names, raw intensity
+            statistics), recorded in the package; None records none of it.
 
     Returns:
         The package folder (``config.json``, ``model.safetensors``, ``README.md``).
+
+    Raises:
+        RunDirectoryError: the package cannot be written (each of its files is written atomically).
     """
     variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
-    package = config.package_config(metrics=metrics, steps=steps)
-    return save_package(run_dir / PACKAGE_DIR, package, variables, model_card=render_model_card(package))
+    data = data or TrainingDataRecord()
+    package = config.package_config(
+        metrics=metrics, steps=steps, signal_channels=data.signal_channels,
+        signal_channel_names=data.signal_channel_names, signal_statistics=data.signal_statistics,
+    )
+    try:
+        return save_package(run_dir / PACKAGE_DIR, package, variables, model_card=render_model_card(package))
+    except OSError as err:
+        raise write_failure(run_dir / PACKAGE_DIR, "the model package", err) from None

@@ -31,12 +31,13 @@ import jax
 from labelfree_jax.core.errors import ConfigError
 from labelfree_jax.training.checkpoints import Checkpoints, latest_checkpoint
 from labelfree_jax.training.config import RunConfig
+from labelfree_jax.training.data_record import describe_training_data
 from labelfree_jax.training.datasets import PairDataset, build_datasets
 from labelfree_jax.training.distributed import DataParallel
 from labelfree_jax.training.loader import PatchLoader
 from labelfree_jax.training.loop import LoopParts, TrainLoop
 from labelfree_jax.training.optim import make_optimizer
-from labelfree_jax.training.result import TrainResult
+from labelfree_jax.training.result import RunDirectoryError, TrainResult
 from labelfree_jax.training.run_files import (
     CHECKPOINT_DIR,
     LOSSES_FILE,
@@ -44,6 +45,7 @@ from labelfree_jax.training.run_files import (
     VALIDATION_FILE,
     CsvLog,
     check_resume_config,
+    prepare_run_dir,
     validation_header,
     write_run_config,
 )
@@ -91,17 +93,24 @@ def train(
         InputError: unreadable data, images smaller than a patch.
         IntegrityError: a checkpoint that cannot be restored.
         TrainingDivergedError: NaN/Inf loss (the last good checkpoint stays in ``run_dir``).
+        RunDirectoryError: ``run_dir`` cannot be written (read-only, full disk); raised before any
+            computation when it cannot be written at all, else with the last complete checkpoint
+            named (it stays intact and restorable).
+
+    The package records the working pixel size (``config.pixel_size_um``) and what the training
+    data showed (:func:`~labelfree_jax.training.data_record.describe_training_data`: the signal
+    channels, their names, raw intensity statistics).
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     latest = _check_run_dir(run_dir, config, resume)
+    prepare_run_dir(run_dir)  # a read-only or unusable run directory fails before anything is computed
     parallel = DataParallel.over_all_devices(config.batch_size)
     train_ds, val_ds = _datasets(config, train_dataset, validation_dataset)
     tx = make_optimizer(config.optimizer, config.schedule, config.steps)
     state = init_train_state(config, parallel.replicated)
-    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints((run_dir / CHECKPOINT_DIR).absolute(), config.keep_checkpoints)
-    loader = losses_log = val_log = None
+    opened: list = [checkpoints]  # closed in reverse order when the run ends
     try:
         start_step, loader_start, resumed_from = 0, 0, None
         if latest is not None:  # resume (checked above)
@@ -113,22 +122,49 @@ def train(
         keep_until = start_step if resumed_from is not None else None
         losses_log = CsvLog(run_dir / LOSSES_FILE, ["step", "loss", "val_loss"], keep_until=keep_until,
                             enabled=parallel.is_main)
+        opened.append(losses_log)
         val_log = CsvLog(run_dir / VALIDATION_FILE, validation_header(config.model.out_channels),
                          keep_until=keep_until, enabled=parallel.is_main)
+        opened.append(val_log)
         loader = _start_loader(train_ds, config, parallel, loader_start)
+        opened.append(loader)
+        data = describe_training_data(train_ds) if parallel.is_main else None
         weighted = config.loss == "weighted_mse"
         validator = Validator(val_ds, config, parallel, weighted) if val_ds is not None else None
-        parts = LoopParts(config, run_dir, tx, loader, validator, checkpoints, losses_log, val_log, parallel)
+        parts = LoopParts(config, run_dir, tx, loader, validator, checkpoints, losses_log, val_log, parallel, data)
         loop = TrainLoop(parts, state, start_step=start_step, resumed_from=resumed_from, t_start=t_start,
                          max_seconds=max_seconds, progress=progress and parallel.is_main, on_step=on_step)
-        return loop.run()
-    finally:
-        if loader is not None:
-            loader.close()
-        for log_file in (losses_log, val_log):
-            if log_file is not None:
-                log_file.close()
-        checkpoints.close()
+        result = loop.run()
+    except BaseException as err:
+        _close(opened, quiet=True)
+        if isinstance(err, RunDirectoryError):
+            raise RunDirectoryError(f"{err}; {_checkpoint_note(checkpoints)}") from None
+        raise
+    _close(opened, quiet=False)
+    return result
+
+
+def _close(opened: list, *, quiet: bool) -> None:
+    """Close the loader, the logs and the checkpoints (``quiet``: another error is on its way)."""
+    for item in reversed(opened):
+        if isinstance(item, Checkpoints):
+            item.close(quiet=quiet)
+            continue
+        try:
+            item.close()
+        except Exception:
+            if not quiet:
+                raise
+            log.debug("while closing %s after an error", item, exc_info=True)
+
+
+def _checkpoint_note(checkpoints: Checkpoints) -> str:
+    """Where a failed run can be resumed from (after its pending saves are done)."""
+    good = checkpoints.latest()
+    if good is None:
+        return "no checkpoint had been written yet"
+    return (f"the last complete checkpoint is step {good} in {checkpoints.dir}; fix the cause and pass resume=True "
+            f"(--resume) to continue from it")
 
 
 def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> int | None:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from labelfree_jax.training.checkpoints import Checkpoints
 from labelfree_jax.training.config import RunConfig
+from labelfree_jax.training.data_record import TrainingDataRecord
 from labelfree_jax.training.distributed import DataParallel
 from labelfree_jax.training.export import write_package
 from labelfree_jax.training.loader import PatchLoader
@@ -57,6 +58,7 @@ class LoopParts:
     losses_log: CsvLog
     val_log: CsvLog
     parallel: DataParallel
+    data: TrainingDataRecord | None = None
 
 
 class TrainLoop:
@@ -246,7 +248,7 @@ class TrainLoop:
         metrics = self._metrics()
         package_dir = None
         if p.parallel.is_main:
-            package_dir = write_package(p.config, p.run_dir, self.state, metrics, self.step)
+            package_dir = write_package(p.config, p.run_dir, self.state, metrics, self.step, p.data)
             plot_losses(p.run_dir)
         wait = p.loader.stats.wait_seconds - self.wait_start
         result = TrainResult(

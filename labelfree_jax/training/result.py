@@ -1,19 +1,51 @@
-"""How a training run ends: :class:`TrainResult` (what it produced) or :class:`TrainingDivergedError`."""
+"""How a training run ends: :class:`TrainResult` (what it produced), :class:`TrainingDivergedError` or :class:`RunDirectoryError`."""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 from labelfree_jax.core.errors import LabelfreeError
 
-__all__ = ["TrainResult", "TrainingDivergedError"]
+__all__ = ["RunDirectoryError", "TrainResult", "TrainingDivergedError", "is_write_failure", "write_failure"]
 
 
 class TrainingDivergedError(LabelfreeError):
     """The training loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class RunDirectoryError(LabelfreeError):
+    """The run directory cannot be written (read-only, full disk, ...); the last complete checkpoint is kept."""
+
+
+def _reason(err: BaseException) -> str:
+    """A one-line reason for a failed write: the OS error's text, ``disk is full`` for ENOSPC."""
+    code = getattr(err, "errno", None)
+    text = str(err)
+    match = re.search(r"os_error_code='(\d+)'", text)  # tensorstore (orbax) reports OS errors in its text
+    if code is None and match:
+        code = int(match.group(1))
+    if code == errno.ENOSPC:
+        return "the disk is full (No space left on device)"
+    if code is not None:
+        return os.strerror(code)
+    first = text.split(" [tensorstore_spec", 1)[0].splitlines()[0] if text else type(err).__name__
+    return first[:300]
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """True for an OS error, or an error of the checkpoint library that reports one (tensorstore's text)."""
+    return isinstance(err, OSError) or "os_error_code=" in str(err) or "No space left on device" in str(err)
+
+
+def write_failure(path: str | Path, what: str, err: BaseException) -> RunDirectoryError:
+    """The one-line error for failing to write ``what`` at ``path``."""
+    return RunDirectoryError(f"{path}: cannot write {what}: {_reason(err)}")
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from labelfree_jax.core.errors import ConfigError, LabelfreeError
 from labelfree_jax.core.schema import load_model
 from labelfree_jax.evaluation.plots import plot_loss_curve
 from labelfree_jax.training.config import RunConfig
-from labelfree_jax.training.result import TrainResult
+from labelfree_jax.training.result import RunDirectoryError, TrainResult, write_failure
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -43,6 +44,7 @@ __all__ = [
     "CsvLog",
     "check_resume_config",
     "plot_losses",
+    "prepare_run_dir",
     "validation_header",
     "write_result",
     "write_run_config",
@@ -72,7 +74,6 @@ RESUMABLE_CHANGES = frozenset({
     "prefetch_batches",
     "signal_description",
     "target_description",
-    "pixel_size_um",
 })
 
 
@@ -96,14 +97,45 @@ def check_resume_config(old_path: Path, new: RunConfig) -> None:
         )
 
 
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` and check that files can be written in it (before anything is computed).
+
+    Raises:
+        RunDirectoryError: it cannot be created or written (read-only, a file in the way, ...).
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise RunDirectoryError(
+            f"{run_dir}: cannot write the run directory: {err.strerror or err}; choose another run directory"
+        ) from None
+
+
+def _write_text(path: Path, text: str, what: str) -> None:
+    try:
+        atomic_write_text(path, text)
+    except OSError as err:
+        raise write_failure(path, what, err) from None
+
+
 def write_run_config(run_dir: Path, config: RunConfig) -> None:
-    """``<run_dir>/config.json``."""
-    atomic_write_text(run_dir / RUN_CONFIG_FILE, config.to_json() + "\n")
+    """``<run_dir>/config.json``.
+
+    Raises:
+        RunDirectoryError: it cannot be written (nothing half-written is left).
+    """
+    _write_text(run_dir / RUN_CONFIG_FILE, config.to_json() + "\n", "the run config")
 
 
 def write_result(run_dir: Path, result: TrainResult) -> None:
-    """``<run_dir>/result.json``."""
-    atomic_write_text(run_dir / RESULT_FILE, json.dumps(result.to_dict(), indent=2) + "\n")
+    """``<run_dir>/result.json``.
+
+    Raises:
+        RunDirectoryError: it cannot be written (nothing half-written is left).
+    """
+    _write_text(run_dir / RESULT_FILE, json.dumps(result.to_dict(), indent=2) + "\n", "the result")
 
 
 def validation_header(n_channels: int) -> list[str]:
@@ -146,27 +178,45 @@ class CsvLog:
         header: its columns.
         keep_until: None: start a new file; a step: keep the existing rows up to it (resume).
         enabled: False on processes that write no files (then every method does nothing).
+
+    Raises:
+        RunDirectoryError: the file cannot be written (full disk, read-only folder); a row
+            written half is dropped when the run is resumed.
     """
 
     def __init__(self, path: Path, header: list[str], *, keep_until: int | None, enabled: bool):
         self.path = path
         self.header = header
         self.enabled = enabled
+        self._failed = False
         if not enabled:
             return
         kept = [] if keep_until is None else _rows_up_to(path, header, keep_until)
-        atomic_write_text(path, _csv_text(header, kept))
-        self._fh = open(path, "a", newline="")  # noqa: SIM115 - open for the whole run; closed by close()
+        _write_text(path, _csv_text(header, kept), "the log")
+        try:
+            self._fh = open(path, "a", newline="")  # noqa: SIM115 - open for the whole run; closed by close()
+        except OSError as err:
+            raise write_failure(path, "the log", err) from None
         self._w = csv.writer(self._fh, lineterminator="\n")
 
     def write(self, rows: list[list[Any]]) -> None:
         if self.enabled and rows:
-            self._w.writerows(rows)
-            self._fh.flush()
+            try:
+                self._w.writerows(rows)
+                self._fh.flush()
+            except OSError as err:
+                self._failed = True
+                raise write_failure(self.path, "the log", err) from None
 
     def close(self) -> None:
-        if self.enabled:
+        """Close the file (after a failed write, rows still buffered are dropped quietly)."""
+        if not self.enabled or self._fh.closed:
+            return
+        try:
             self._fh.close()
+        except OSError as err:
+            if not self._failed:
+                raise write_failure(self.path, "the log", err) from None
 
 
 def plot_losses(run_dir: Path) -> None:

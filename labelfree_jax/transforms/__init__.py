@@ -29,6 +29,7 @@ from labelfree_jax.transforms.base import InverseInfo, validate_image_array
 from labelfree_jax.transforms.geometry import CropToMultiple, PadToMultiple, Resize
 from labelfree_jax.transforms.intensity import Clip, Normalize, NormAroundCenter
 from labelfree_jax.transforms.pipeline import Pipeline, PipelineState
+from labelfree_jax.transforms.pixel_size import resolve_resize
 from labelfree_jax.transforms.registry import TRANSFORM_REGISTRY, Transform, transform_from_dict
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "PipelineState",
     "Resize",
     "Transform",
+    "resolve_resize",
     "transform_from_dict",
     "validate_image_array",
 ]

@@ -19,6 +19,7 @@ from labelfree_jax.cli import main
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.evaluation import metrics as M
 from labelfree_jax.evaluation.report import FIGURE_FILES, METRICS_FILE, REPORT_FILE, write_report
+from labelfree_jax.models.config import NetworkConfig, PackageConfig
 
 
 def _volume(seed, shape=(6, 24, 28)):
@@ -163,7 +164,9 @@ def test_cli_model_path_predicts_first(data, tmp_path, monkeypatch):
     calls = {}
 
     class FakeModel:
-        def predict(self, x):
+        config = PackageConfig(name="fake", network=NetworkConfig(ndim=3, depth=2, mult_chan=1))
+
+        def predict(self, x, **kwargs):
             calls["shape"] = x.shape
             return prediction[:1] + 0.0 * x
 
@@ -180,3 +183,14 @@ def test_cli_model_path_predicts_first(data, tmp_path, monkeypatch):
     record = json.loads((out / METRICS_FILE).read_text())
     assert record["channels"][0]["pearson_r"] == pytest.approx(M.pearson_r(prediction[0], target[0]), abs=1e-6)
     assert record["inputs"]["prediction"]["name"] == "model dna"
+    # the prediction it computed is saved beside the report, and linked from it
+    assert (out / "signal_prediction.ome.tif").is_file() and record["prediction_file"] == "signal_prediction.ome.tif"
+    assert "](signal_prediction.ome.tif)" in (out / REPORT_FILE).read_text()
+
+
+def test_report_lists_warnings(data, tmp_path):
+    signal, target, prediction = data
+    path = write_report(tmp_path, signal=signal, target=target, prediction=prediction,
+                        warnings=["unknown pixel size: the package records none"])
+    assert "## Warnings\n\n- unknown pixel size: the package records none\n" in path.read_text()
+    assert json.loads((tmp_path / METRICS_FILE).read_text())["warnings"] == ["unknown pixel size: the package records none"]

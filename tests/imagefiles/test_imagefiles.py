@@ -278,16 +278,16 @@ def test_truncated_imagej_detected_by_plane_count(tmp_path):
         read_image(cut)
 
 
-def test_czi_needs_czifile(tmp_path, monkeypatch):
+def test_czi_needs_pylibczirw(tmp_path, monkeypatch):
     p = tmp_path / "scan.czi"
     p.write_bytes(b"ZISRAWFILE" + b"\x00" * 100)
-    monkeypatch.setitem(sys.modules, "czifile", None)  # makes `import czifile` fail
+    monkeypatch.setitem(sys.modules, "pylibCZIrw", None)  # makes `import pylibCZIrw` fail
     with pytest.raises(InputError, match="scan.czi: reading CZI files needs .*pip install labelfree-jax\\[czi\\]"):
         read_image(p)
 
 
 def test_corrupt_czi(tmp_path):
-    pytest.importorskip("czifile")
+    pytest.importorskip("pylibCZIrw")
     p = tmp_path / "bad.czi"
     p.write_bytes(b"not a czi file" * 10)
     with pytest.raises(InputError, match=f"{p}: cannot read as CZI"):

@@ -86,3 +86,21 @@ def test_flatten_names_are_stable(small_model):
     assert "params/net_recurse/conv_down/kernel" in flat
     assert "batch_stats/net_recurse/sub_2conv_more/bn1/mean" in flat
     assert all(v.dtype == np.float32 for v in flat.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("params/conv_out/kernel", lambda a: a.astype(np.int32), "dtype int32; weights must be floating point"),
+        ("params/conv_out/bias", lambda a: a.astype(bool), "dtype bool"),
+        ("batch_stats/net_recurse/sub_2conv_more/bn1/var", lambda a: a - 2.0, "running variance .* negative"),
+    ],
+)
+def test_integer_weights_and_negative_variances_are_refused_at_load(tmp_path, small_model, name, value, match):
+    pkg = save_package(tmp_path / "pkg", small_model.config, small_model.variables)
+    flat = load_file(str(pkg / WEIGHTS_FILE))
+    flat[name] = np.ascontiguousarray(value(flat[name]))
+    save_file(flat, str(pkg / WEIGHTS_FILE))
+    with pytest.raises(IntegrityError, match=match) as err:
+        load_package(pkg)
+    assert str(pkg / WEIGHTS_FILE) in str(err.value) and name in str(err.value)
