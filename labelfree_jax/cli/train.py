@@ -11,7 +11,16 @@ DISTRIBUTED_ENV = "LABELFREE_DISTRIBUTED"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``labelfree train`` (shared with ``scripts/train.py``)."""
-    parser.add_argument("config", metavar="CONFIG.json", help="run config (see labelfree_jax.training.config.RunConfig)")
+    parser.add_argument("config", metavar="CONFIG.json", nargs="?",
+                        help="run config (see labelfree_jax.training.config.RunConfig; `labelfree init` writes one)")
+    parser.add_argument("--recipe", metavar="NAME",
+                        help="train a zoo model from its shipped recipe instead of CONFIG.json (e.g. dna; "
+                             "`labelfree zoo list` names them); its data: data/allen/manifests/NAME/ in the "
+                             "current directory (scripts/download_allen_data.py writes it) or --data")
+    parser.add_argument("--data", metavar="MANIFEST.csv",
+                        help="with --recipe: the training manifest to use (validation: --validation-data, or "
+                             "test.csv beside a train.csv)")
+    parser.add_argument("--validation-data", metavar="MANIFEST.csv", help="with --recipe: the validation manifest")
     parser.add_argument("--run-dir", metavar="DIR",
                         help="run directory for checkpoints, losses.csv, the loss curve and the final package "
                              "(default: runs/<config name>)")
@@ -28,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-processes", type=int, metavar="N", help="jax.distributed process count")
     parser.add_argument("--process-id", type=int, metavar="I", help="jax.distributed process index")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files into <run-dir>/tensorboard (needs the "
+                             "'tensorboard' extra: pip install labelfree-jax[tensorboard]); same as "
+                             "\"tensorboard\": true in the config")
 
 
 def register(subparsers) -> None:
@@ -50,19 +63,49 @@ def _wants_distributed(args: argparse.Namespace) -> bool:
     return bool(args.distributed or args.coordinator or env in ("1", "true", "yes"))
 
 
+def _load_config(args: argparse.Namespace):
+    """The run config of CONFIG.json, or of ``--recipe`` with ``--data`` / ``--validation-data``.
+
+    Raises:
+        ConfigError: neither or both of CONFIG.json and --recipe, --data without --recipe.
+        InputError: a recipe's training data is missing (the message gives the download command).
+    """
+    from labelfree_jax.core.errors import ConfigError
+
+    if (args.config is None) == (args.recipe is None):
+        raise ConfigError("give a run config (CONFIG.json) or --recipe NAME, not both"
+                          if args.config else "give a run config CONFIG.json (`labelfree init DIR` writes one) "
+                                              "or --recipe NAME (a zoo recipe)")
+    if args.recipe is None:
+        if args.data or args.validation_data:
+            raise ConfigError("--data / --validation-data go with --recipe; for CONFIG.json edit its "
+                              "data.train.manifest / data.validation.manifest")
+        from labelfree_jax.training import load_run_config
+
+        return load_run_config(args.config)
+    from labelfree_jax.hub.recipes import load_recipe
+
+    return load_recipe(args.recipe, data=args.data, validation_data=args.validation_data)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from labelfree_jax.training import initialize_distributed, load_run_config, train
+    from labelfree_jax.training import initialize_distributed, train
 
     if getattr(args, "verbose", 0) < 2:  # orbax logs every checkpoint step at INFO through absl
         logging.getLogger("absl").setLevel(logging.WARNING)
     if _wants_distributed(args):
         initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    config = load_run_config(args.config)
+    config = _load_config(args)
+    overrides = {}
     if args.steps is not None:
-        config = type(config).model_validate(config.model_dump() | {"steps": int(args.steps)})
+        overrides["steps"] = int(args.steps)
+    if args.tensorboard:
+        overrides["tensorboard"] = True
+    if overrides:
+        config = type(config).model_validate(config.model_dump() | overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / config.name
     result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, max_seconds=args.max_seconds)
     import jax

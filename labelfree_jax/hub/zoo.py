@@ -15,12 +15,13 @@ code: :class:`ModelIndex`, parsed strictly. A published entry pins the repo's co
 sha256 and size of every file; downloads go through :mod:`labelfree_jax.hub.client` into the normal
 Hugging Face cache, are verified before use and work offline (``HF_HUB_OFFLINE=1``) from the cache.
 
-The index is generated from the zoo definitions of the source tree, one folder per structure::
+The index is generated from the zoo definitions, one folder per structure, shipped as package
+data in ``labelfree_jax/hub/zoo_recipes/`` (:func:`labelfree_jax.hub.recipes.recipes_dir`)::
 
-    zoo/<name>/package.json    ZooDefinition: repo id, modality, transforms, pixel sizes, licence,
-                               and once published the pinned commit + file hashes
-    zoo/<name>/train.json      the training recipe (labelfree train)
-    zoo/<name>/MODEL_CARD.md   curated model-card text (training data, limitations)
+    <name>/package.json    ZooDefinition: repo id, modality, transforms, pixel sizes, licence,
+                           and once published the pinned commit + file hashes
+    <name>/train.json      the training recipe (labelfree train --recipe <name>)
+    <name>/MODEL_CARD.md   curated model-card text (training data, limitations)
 
 (:func:`build_index`, :func:`publish_zoo_model`).
 """
@@ -183,8 +184,8 @@ def get_entry(name: str, index: IndexSource = None) -> ModelEntry:
 
 def _unpublished_message(name: str, entry: ModelEntry) -> str:
     return (
-        f"model {name!r} ({entry.structure}, repo {entry.repo_id}) is not published yet. Train it from the recipe in "
-        f"the labelfree-jax source tree: `labelfree train zoo/{name}/train.json --run-dir runs/{name}`, then use the "
+        f"model {name!r} ({entry.structure}, repo {entry.repo_id}) is not published yet. Train it from its recipe "
+        f"(shipped with labelfree-jax): `labelfree train --recipe {name} --run-dir runs/{name}`, then use the "
         f"package folder directly (zoo.load('runs/{name}/package')) or publish it: `labelfree publish runs/{name} "
         f"--repo <org>/<name>` (maintainers: `python scripts/publish_model.py {name} runs/{name}`)"
     )
@@ -297,7 +298,7 @@ def load(
 
 
 # --------------------------------------------------------------------------------------------
-# zoo definitions (source tree: zoo/<name>/package.json)
+# zoo definitions (zoo_recipes/<name>/package.json)
 # --------------------------------------------------------------------------------------------
 class PublishedInfo(StrictModel):
     """The pinned Hub state of a published zoo model."""
@@ -316,7 +317,7 @@ class PublishedInfo(StrictModel):
 
 
 class ZooDefinition(StrictModel):
-    """``zoo/<name>/package.json``: everything about a zoo model except its weights.
+    """``zoo_recipes/<name>/package.json``: everything about a zoo model except its weights.
 
     ``signal_transforms`` / ``target_transforms`` / ``pixel_size_um`` / ``ndim`` must equal
     those of the package that gets published (:func:`check_package_matches`).
@@ -362,7 +363,7 @@ class ZooDefinition(StrictModel):
 
 
 def load_definition(path: str | os.PathLike) -> ZooDefinition:
-    """Read ``zoo/<name>/package.json`` (``path`` is the file or its folder); the folder name must equal ``name``."""
+    """Read ``<name>/package.json`` (``path`` is the file or its folder); the folder name must equal ``name``."""
     path = Path(path)
     file = path / DEFINITION_FILE if path.is_dir() else path
     defn = read_model(ZooDefinition, file, what="zoo definition")
@@ -478,7 +479,7 @@ def stage_zoo_model(
     *,
     repo_id: str | None = None,
 ) -> Path:
-    """Check a package against ``zoo/<name>`` and write the folder :func:`publish_zoo_model` would upload."""
+    """Check a package against ``zoo_recipes/<name>`` and write the folder :func:`publish_zoo_model` would upload."""
     definition_dir = Path(definition_dir)
     defn, src, _ = _checked(definition_dir, package_dir)
     return stage_package(src, out_dir, repo_id=repo_id or defn.repo_id, **_card_options(defn, definition_dir))
@@ -497,7 +498,7 @@ def publish_zoo_model(
     update_definition: bool = True,
     index_file: str | os.PathLike | None = None,
 ) -> tuple[PublishResult, ModelEntry]:
-    """Publish a trained package as the zoo model of ``definition_dir`` (``zoo/<name>``).
+    """Publish a trained package as the zoo model of ``definition_dir`` (``zoo_recipes/<name>``).
 
     Checks the package against the definition (:func:`check_package_matches`), publishes it
     with the definition's repo id (or ``repo_id``), licence, datasets, tags and

@@ -136,8 +136,12 @@ def resolve_resize(
     warnings = tuple(_warnings(zoom, work, assumed, unknown))
     if factors == base:
         return steps, warnings
-    logger.info("resampling by %s: image pixel size %s µm -> working pixel size %s µm",
-                tuple(round(f, 5) for f in factors), format_pixel_sizes(image), format_pixel_sizes(work))
+    if zoom is not None and all(f == 1.0 for f in factors):
+        logger.info("image pixel size %s µm is the working pixel size: the fixed zoom %s is not applied",
+                    format_pixel_sizes(image), tuple(base))
+    else:
+        logger.info("resampling by %s: image pixel size %s µm -> working pixel size %s µm",
+                    tuple(round(f, 5) for f in factors), format_pixel_sizes(image), format_pixel_sizes(work))
     if zoom is None:
         return (Resize(zoom=factors), *steps), warnings
     i = fixed[0]
