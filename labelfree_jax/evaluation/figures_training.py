@@ -132,7 +132,7 @@ def _draw_losses(ax, series: Series) -> None:
     for name, (steps, vals) in series.items():
         if vals.size > SMOOTH_ABOVE:
             (raw,) = ax.plot(steps, vals, linewidth=0.6, alpha=0.25)
-            ax.plot(steps, smooth(vals, max(5, vals.size // 30)), color=raw.get_color(), linewidth=1.6,
+            ax.plot(steps, smooth(vals, max(5, vals.size // 15)), color=raw.get_color(), linewidth=1.6,
                     label=f"{name} (smoothed; raw faint)")
         else:
             ax.plot(steps, vals, marker="o", markersize=3, linewidth=1.2, label=name)
