@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "convert_fnet",
     "report",
     "predict",
+    "init",
     "train",
     "demo",
     "publish",

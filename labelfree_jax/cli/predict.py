@@ -43,10 +43,11 @@ def register(subparsers) -> None:
         help="predict fluorescence images from transmitted-light images",
         description=(
             "Predict with a model package folder or a zoo model name. INPUTS are image files "
-            "(TIFF/OME-TIFF/CZI), folders, glob patterns or CSV manifests (column path_signal, optional "
+            "(TIFF/OME-TIFF/CZI, OME-Zarr images and HCS plates), folders, glob patterns or CSV manifests (column path_signal, optional "
             "path_target, channel_signal, channel_target). Every scene and time point of a file is predicted, "
             "each into its own file: <out>/<stem>_prediction.ome.tif, <stem>_<scene>_prediction.ome.tif, "
-            "<stem>_t0003_prediction.ome.tif; summary.csv (summary-<i>-of-<n>.csv with --shard) has one row per "
+            "<stem>_t0003_prediction.ome.tif (.ome.zarr for OME-Zarr inputs; a plate's fields are scenes named "
+            "<row>/<column>/<field>, chosen with --scene 'A/*/0' patterns, predicted into a plate of the same layout); summary.csv (summary-<i>-of-<n>.csv with --shard) has one row per "
             "image, with its warnings. Input pixel sizes are resampled to the model's working pixel size. "
             "Exit status 1 if any image failed."
         ),
@@ -85,8 +86,29 @@ def register(subparsers) -> None:
     parser.add_argument("--max-memory-gb", type=float, metavar="GB",
                         help="memory budget for choosing the tile size (default: 40%% of the accelerator, "
                              "or 1/4 of RAM up to 4 GB on CPU)")
+    parser.add_argument("--output-format", choices=("ome-zarr", "ome-tiff"),
+                        help="prediction format (default: ome-zarr for OME-Zarr inputs, a plate for a plate; "
+                             "ome-tiff otherwise)")
+    parser.add_argument("--dask", metavar="ADDRESS",
+                        help="predict on the workers of this dask.distributed scheduler (e.g. tcp://10.0.0.5:8786), "
+                             "each loading the model once; default: $LABELFREE_DASK_SCHEDULER, else in this process")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
+
+
+def _dask_address(args: argparse.Namespace) -> str | None:
+    import os
+
+    from labelfree_jax.inference.dask_batch import DASK_ENV
+
+    return args.dask or os.environ.get(DASK_ENV, "").strip() or None
+
+
+def _absolute_if_folder(name_or_dir: str) -> str:
+    """A package folder as an absolute path (workers may start elsewhere); a zoo name as is."""
+    import os
+
+    return os.path.abspath(name_or_dir) if os.path.isdir(name_or_dir) else name_or_dir
 
 
 def _load_model(name_or_dir: str):
@@ -107,9 +129,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give INPUTS or --manifest")
     prepare_output_folder(args.out)  # a bad --out fails here, before the model is loaded
 
+    import functools
+
     from labelfree_jax.inference.batch import predict_files, summary_path
 
     model = _load_model(args.model)
+    dask = _dask_address(args)
     overlap = None
     if args.overlap:
         overlap = args.overlap[0] if len(args.overlap) == 1 else tuple(args.overlap)
@@ -131,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
         axes=args.axes,
         max_memory_bytes=int(args.max_memory_gb * 2**30) if args.max_memory_gb else None,
         progress=not args.no_progress,
+        output_format=args.output_format,
+        dask=dask,
+        model_loader=functools.partial(_load_model, _absolute_if_folder(args.model)) if dask else None,
     )
     n_bad = sum(not r.ok for r in records)
     n_skipped = sum(r.status == "skipped" for r in records)

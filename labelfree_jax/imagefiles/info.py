@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,13 +75,17 @@ class ImageInfo:
 
     Attributes:
         path: the file.
-        format: ``"OME-TIFF"``, ``"ImageJ-TIFF"``, ``"TIFF"`` or ``"CZI"``.
+        format: ``"OME-TIFF"``, ``"ImageJ-TIFF"``, ``"TIFF"``, ``"CZI"``, ``"OME-Zarr"`` or
+            ``"OME-Zarr plate"``.
         scenes: one :class:`SceneInfo` per scene, in file order (at least one).
+        plate: an OME-Zarr plate's layout (:class:`~labelfree_jax.imagefiles.zarr_read.PlateLayout`),
+            else None.
     """
 
     path: Path
     format: str
     scenes: tuple[SceneInfo, ...] = field(default=())
+    plate: Any = None
 
     @property
     def n_scenes(self) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labelfree_jax.core.errors import InputError
+from labelfree_jax.imagefiles.zarr_read import is_zarr
 
 __all__ = ["PATH_COLUMNS", "ManifestRow", "parse_channels", "read_manifest"]
 
@@ -131,7 +132,7 @@ def read_manifest(path: str | Path, *, require_target: bool = True, check_files:
                 **_scene_time(r, path, n),
             )
         for p in (row.signal, row.target, row.weight):
-            if check_files and p is not None and not p.is_file():
+            if check_files and p is not None and not (p.is_file() or is_zarr(p)):
                 missing.append(f"line {n}: {p}")
         rows.append(row)
     if missing:

@@ -26,7 +26,7 @@ import tifffile
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.imagefiles.ome import parse_ome
 
-__all__ = ["PROVENANCE_NAMESPACE", "ProvenanceValue", "provenance_metadata", "read_provenance"]
+__all__ = ["PROVENANCE_NAMESPACE", "ProvenanceValue", "check_provenance", "provenance_metadata", "read_provenance"]
 
 #: Namespace of the OME MapAnnotation holding the provenance.
 PROVENANCE_NAMESPACE = "labelfree-jax/provenance"
@@ -34,7 +34,13 @@ PROVENANCE_NAMESPACE = "labelfree-jax/provenance"
 ProvenanceValue = str | float | int | None
 
 
-def _checked(path: Path, provenance: Mapping[str, Any]) -> dict[str, ProvenanceValue]:
+def check_provenance(path: Path, provenance: Mapping[str, Any]) -> dict[str, ProvenanceValue]:
+    """``provenance`` as a plain dict, checked.
+
+    Raises:
+        InputError: not a mapping, a key that is not a non-empty string, or a value that is not
+            a str, int, finite float or None (the message names ``path``).
+    """
     if not isinstance(provenance, Mapping):
         raise InputError(f"{path}: provenance must be a mapping of names to str/float/int/None; got {provenance!r}")
     out: dict[str, ProvenanceValue] = {}
@@ -58,7 +64,7 @@ def provenance_metadata(path: Path, provenance: Mapping[str, Any] | None) -> dic
     """
     if provenance is None:
         return {}
-    checked = _checked(path, provenance)
+    checked = check_provenance(path, provenance)
     if not checked:
         return {}
     text = {k: "" if v is None else str(v) for k, v in checked.items()}
@@ -69,7 +75,8 @@ def provenance_metadata(path: Path, provenance: Mapping[str, Any] | None) -> dic
 
 
 def read_provenance(path: str | os.PathLike[str]) -> dict[str, ProvenanceValue]:
-    """The provenance :func:`~labelfree_jax.imagefiles.write.write_ome_tiff` stored in an OME-TIFF.
+    """The provenance :func:`~labelfree_jax.imagefiles.write.write_ome_tiff` stored in an OME-TIFF, or
+    :func:`~labelfree_jax.imagefiles.zarr_write.write_ome_zarr` in an OME-Zarr folder.
 
     Returns:
         ``{name: value}`` (str / float / int / None); ``{}`` when the file is not an OME-TIFF
@@ -79,6 +86,10 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, ProvenanceValue]:
         InputError: the file is missing or not a TIFF file.
     """
     p = Path(path)
+    if p.is_dir():
+        from labelfree_jax.imagefiles.zarr_write import read_zarr_provenance  # imports this module
+
+        return read_zarr_provenance(p)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     try:

@@ -1,7 +1,7 @@
-"""Reading image files: TIFF / OME-TIFF / ImageJ-TIFF / CZI, one scene and one time point at a time.
+"""Reading image files: TIFF / OME-TIFF / ImageJ-TIFF / CZI / OME-Zarr, one scene and one time point at a time.
 
 With :mod:`labelfree_jax.imagefiles.write`, the only place that knows file formats (the formats
-themselves: :mod:`.tiff`, :mod:`.czi`; axis rules: :mod:`.axes`). Everything it returns is
+themselves: :mod:`.tiff`, :mod:`.czi`, :mod:`.zarr_read`; axis rules: :mod:`.axes`). Everything it returns is
 channel-first in microscopy order: ``(C, Z, Y, X)`` for 3D, ``(C, Y, X)`` for 2D, always with a
 C axis (C = 1 for a single-channel image). Pixel sizes are in micrometres as a dict with keys
 ``"z"``, ``"y"``, ``"x"`` (only the axes that are known, and no ``"z"`` for 2D).
@@ -29,6 +29,7 @@ from labelfree_jax.imagefiles.axes import where
 from labelfree_jax.imagefiles.czi import describe_czi, read_czi
 from labelfree_jax.imagefiles.info import ImageInfo
 from labelfree_jax.imagefiles.tiff import describe_tiff, read_tiff
+from labelfree_jax.imagefiles.zarr_read import describe_zarr, is_zarr, read_zarr
 
 __all__ = [
     "Image",
@@ -146,6 +147,8 @@ def _checked_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file")
+    if is_zarr(p):
+        return p
     if not p.is_file():
         raise InputError(f"{p}: not a file")
     if p.stat().st_size == 0:
@@ -158,7 +161,7 @@ def _is_czi(p: Path) -> bool:
 
 
 def _wrap_errors(p: Path, err: Exception) -> InputError:
-    kind = "CZI" if _is_czi(p) else "TIFF"
+    kind = "CZI" if _is_czi(p) else "OME-Zarr" if p.is_dir() else "TIFF"
     return InputError(f"{p}: cannot read as {kind}: {type(err).__name__}: {err}")
 
 
@@ -166,7 +169,7 @@ def describe_image(path: str | os.PathLike[str], *, axes: str | None = None) -> 
     """What a file holds, from its metadata only (no pixel data is read).
 
     Args:
-        path: a TIFF / OME-TIFF / ImageJ-TIFF / CZI file.
+        path: a TIFF / OME-TIFF / ImageJ-TIFF / CZI file or an OME-Zarr folder (image, plate or well).
         axes: as for :func:`read_image` (TIFF only): the stored axes, for a file without axis
             metadata.
 
@@ -174,7 +177,9 @@ def describe_image(path: str | os.PathLike[str], *, axes: str | None = None) -> 
         :class:`~labelfree_jax.imagefiles.info.ImageInfo`: the format and one
         :class:`~labelfree_jax.imagefiles.info.SceneInfo` per scene (index, name, axes and shape
         of one time point as :func:`read_image` returns it, dtype, channel names, pixel sizes,
-        number of time points, and the warnings reading it would give; they are not logged here).
+        number of time points, and the warnings reading it would give; they are not logged here);
+        for an OME-Zarr plate one scene per field (``"A/1/0"``) and the plate's layout
+        (:attr:`~labelfree_jax.imagefiles.info.ImageInfo.plate`).
 
     Raises:
         InputError: missing, unreadable, corrupt or empty file, or metadata declaring pixels the
@@ -182,6 +187,9 @@ def describe_image(path: str | os.PathLike[str], *, axes: str | None = None) -> 
     """
     p = _checked_path(path)
     try:
+        if p.is_dir():
+            fmt, scenes, plate = describe_zarr(p, axes)
+            return ImageInfo(path=p, format=fmt, scenes=tuple(scenes), plate=plate)
         if _is_czi(p):
             fmt, scenes = "CZI", describe_czi(p, axes)
         else:
@@ -204,8 +212,9 @@ def read_image(
     """Read one scene and time point of a TIFF / OME-TIFF / ImageJ-TIFF / CZI file as a channel-first :class:`Image`.
 
     Args:
-        path: the file. ``.czi`` is read with ``pylibCZIrw`` (optional dependency), anything
-            else as TIFF (uncompressed, LZW, Deflate, zstd, ... via imagecodecs).
+        path: the file. ``.czi`` is read with ``pylibCZIrw`` (optional dependency), an OME-Zarr
+            folder (NGFF 0.4 / 0.5 image, HCS plate or well: level 0, see
+            :mod:`~labelfree_jax.imagefiles.zarr_read`) with ome-zarr-py, anything else as TIFF (uncompressed, LZW, Deflate, zstd, ... via imagecodecs).
         channels: keep only these channels: an index, a channel name (OME / CZI), or a list of
             them (order kept). None keeps all.
         axes: what the axes of the stored array are (letters from ``TCZYX``, one per axis of
@@ -213,7 +222,8 @@ def read_image(
             3D TIFF that is a stack of channels, ``"YXC"`` for a channels-last plain TIFF. None
             uses the file's metadata, reading a plain 3D stack as ZYX (with a warning).
             TIFF only.
-        scene: which scene (CZI scene, OME-TIFF image / TIFF series): an index, a name (see
+        scene: which scene (CZI scene, OME-TIFF image / TIFF series, OME-Zarr plate field
+            ``"<row>/<column>/<field>"``): an index, a name (see
             :func:`describe_image`), or a string of digits used as an index. Required when the
             file has several.
         time: which time point (index). Required when the scene has several.
@@ -234,7 +244,7 @@ def read_image(
     """
     p = _checked_path(path)
     try:
-        reader = read_czi if _is_czi(p) else read_tiff
+        reader = read_zarr if p.is_dir() else read_czi if _is_czi(p) else read_tiff
         data, info, several = reader(p, axes, scene, time)
     except (InputError, MemoryError):
         raise

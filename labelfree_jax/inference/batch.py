@@ -16,6 +16,7 @@ from this module.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import os
 import time
@@ -27,8 +28,9 @@ from tqdm.auto import tqdm
 
 from labelfree_jax.core.errors import InputError, LabelfreeError
 from labelfree_jax.evaluation.metrics import pearson_r
-from labelfree_jax.imagefiles import describe_image, read_image
+from labelfree_jax.imagefiles import describe_image, read_image, write_plate_layout
 from labelfree_jax.imagefiles.info import choose_scene, choose_time
+from labelfree_jax.imagefiles.zarr_write import DEFAULT_NGFF_VERSION
 from labelfree_jax.inference.channels import choose_signal_channels
 from labelfree_jax.inference.image import predict_image, write_prediction
 from labelfree_jax.inference.inputs import (
@@ -41,7 +43,9 @@ from labelfree_jax.inference.inputs import (
 )
 from labelfree_jax.inference.outputs import (
     EXISTING_POLICIES,
+    OUTPUT_FORMATS,
     check_existing,
+    output_format_for,
     output_stems,
     prediction_name,
     prediction_path,
@@ -81,6 +85,8 @@ class _Part:
     scene_name: str | None  # for the summary and provenance
     time: int | None  # read_image(time=...); None for a file of one time point
     out_path: Path
+    fmt: str = "ome-tiff"  # "ome-tiff" or "ome-zarr"
+    plate_root: Path | None = None  # the prediction plate this field goes into
 
 
 class _WarningLog:
@@ -122,6 +128,8 @@ class _Job:
     revision: str | None
     options: dict
     warning_log: _WarningLog
+    output_format: str | None = None
+    ngff_version: str | None = None
 
 
 def _message(err: BaseException) -> str:
@@ -137,33 +145,67 @@ def _log_failure(where: str, path: Path, error: str) -> None:
 # --------------------------------------------------------------------------------------------
 # scenes and time points of a file
 # --------------------------------------------------------------------------------------------
-def _parts(job: _Job, item: InputItem, stem: str) -> list[_Part]:
-    """The images of ``item`` to predict (every scene and time point, or the chosen ones).
+def _scene_entries(info) -> list[tuple[int, str, int | None]]:
+    """``(index, name, number of time points or None)`` of every scene, a plate's unreadable fields included."""
+    entries = [(s.index, s.name, int(s.n_time or 1)) for s in info.scenes]
+    plate = info.plate
+    if plate is not None and plate.unreadable:
+        every = [f"{w}/{f}" for w in plate.wells for f in plate.fields[w]]
+        entries = sorted(entries + [(every.index(n), n, None) for n in plate.unreadable])
+    return entries
+
+
+def _chosen_scenes(path: Path, names: list[str], keys) -> list[int]:
+    """Positions in ``names`` of the chosen scenes: indices, names, or patterns (``"A/*/0"``: fnmatch)."""
+    chosen: set[int] = set()
+    for key in keys:
+        if isinstance(key, str) and any(ch in key for ch in "*?[") and key not in names:
+            matches = [i for i, n in enumerate(names) if fnmatch.fnmatchcase(n, key)]
+            if not matches:
+                raise InputError(f"{path}: no scene matches {key!r}; scenes: {', '.join(names[:20])}")
+            chosen.update(matches)
+        else:
+            chosen.add(choose_scene(path, names, key))
+    return sorted(chosen)
+
+
+def _parts(job: _Job, item: InputItem, stem: str) -> tuple[list[_Part], object]:
+    """The images of ``item`` to predict (every scene and time point, or the chosen ones), and the plate
+    layout to write when the prediction is an OME-Zarr plate (else None).
 
     Raises:
         InputError: unreadable file, or a chosen scene / time point the file lacks.
     """
     info = describe_image(item.signal)
-    names = [s.name for s in info.scenes]
+    fmt = output_format_for(item.signal, job.output_format)
+    plate = info.plate if fmt == "ome-zarr" else None
+    entries = _scene_entries(info)
+    names = [name for _, name, _ in entries]
     several = len(names) > 1
     # a manifest row's own scene / time point wins over the batch-wide choice
     scenes = (item.scene,) if item.scene is not None else job.scenes
     chosen_times = (item.time,) if item.time is not None else job.times
-    chosen = sorted({choose_scene(item.signal, names, k) for k in scenes}) if scenes else range(len(names))
+    chosen = _chosen_scenes(item.signal, names, scenes) if scenes else range(len(names))
     parts = []
-    for index in chosen:
-        scene = info.scenes[index]
-        n_time = int(scene.n_time or 1)
-        if chosen_times:
-            times = sorted({choose_time(item.signal, n_time, t, f"scene {scene.name}") for t in chosen_times})
+    for k in chosen:
+        index, name, n_time = entries[k]
+        if n_time is None:  # an unreadable plate field: one part, whose read gives the error
+            times: list[int | None] = [None]
+        elif chosen_times:
+            times = sorted({choose_time(item.signal, n_time, t, f"scene {name}") for t in chosen_times})
         else:
             times = list(range(n_time))
         for t in times:
-            t_arg = t if n_time > 1 else None
-            name = prediction_name(stem, safe_name(scene.name) or f"scene{index}" if several else None, t_arg)
-            parts.append(_Part(index if several else None, scene.name if several else None, t_arg,
-                               job.out_dir / name))
-    return parts
+            t_arg = t if n_time and n_time > 1 else None
+            if plate is not None:
+                root = job.out_dir / prediction_name(stem, None, t_arg, fmt)
+                out = root / name
+            else:
+                root = None
+                out = job.out_dir / prediction_name(stem, safe_name(name) or f"scene{index}" if several else None,
+                                                    t_arg, fmt)
+            parts.append(_Part(index if several else None, name if several else None, t_arg, out, fmt, root))
+    return parts, plate
 
 
 def _read(path: Path, part: _Part, **kwargs):
@@ -195,7 +237,8 @@ def _predict_part(job: _Job, item: InputItem, part: _Part, rec: PredictionRecord
         revision=job.revision,
     )
     provenance["warnings"] = "; ".join(rec.warnings) or None
-    write_prediction(part.out_path, pred, img, model, provenance=provenance)
+    write_prediction(part.out_path, pred, img, model, provenance=provenance, output_format=part.fmt,
+                     ngff_version=job.ngff_version)
     rec.path_prediction = str(part.out_path)
     if item.target is not None:
         channels = item.target_channels or getattr(model.config, "target_channels", None)
@@ -208,22 +251,45 @@ def _predict_part(job: _Job, item: InputItem, part: _Part, rec: PredictionRecord
         rec.pearson_r = pearson_r(pred, np.asarray(timg.data))
 
 
-def _record_for(job: _Job, item: InputItem, part: _Part) -> PredictionRecord:
-    """One image's :class:`PredictionRecord`; a failure is recorded (and logged), not raised."""
-    rec = PredictionRecord(
-        path_signal=str(item.signal), path_target=str(item.target) if item.target is not None else None,
-        scene=part.scene_name, time=part.time,
-    )
-    where = str(item.signal) + (f" scene {part.scene_name}" if part.scene_name else "") + (
+def _where(item: InputItem, part: _Part) -> str:
+    return str(item.signal) + (f" scene {part.scene_name}" if part.scene_name else "") + (
         f" time {part.time}" if part.time is not None else "")
+
+
+def _new_record(item: InputItem, part: _Part | None = None) -> PredictionRecord:
+    return PredictionRecord(
+        path_signal=str(item.signal), path_target=str(item.target) if item.target is not None else None,
+        scene=part.scene_name if part else None, time=part.time if part else None,
+    )
+
+
+def existing_record(job: _Job, item: InputItem, part: _Part) -> PredictionRecord | None:
+    """The record of an image not to predict because its output exists (skipped, or refused), else None."""
+    rec = _new_record(item, part)
+    try:
+        if check_existing(part.out_path, job.existing):
+            return None
+        rec.status, rec.path_prediction = "skipped", str(part.out_path)
+        log.info("%s: %s exists; skipped", _where(item, part), part.out_path)
+    except InputError as err:
+        rec.status, rec.error = "error", _message(err)
+        _log_failure(_where(item, part), item.signal, rec.error)
+    return rec
+
+
+def _record_for(job: _Job, item: InputItem, part: _Part, *, check: bool = True) -> PredictionRecord:
+    """One image's :class:`PredictionRecord`; a failure is recorded (and logged), not raised.
+
+    ``check``: apply the existing-file policy first (False: the caller did).
+    """
+    if check and (done := existing_record(job, item, part)) is not None:
+        return done
+    rec = _new_record(item, part)
+    where = _where(item, part)
     t0 = time.perf_counter()
     logged: list[str] = []
     try:
-        if check_existing(part.out_path, job.existing):
-            _predict_part(job, item, part, rec, logged)
-        else:
-            rec.status, rec.path_prediction = "skipped", str(part.out_path)
-            log.info("%s: %s exists; skipped", where, part.out_path)
+        _predict_part(job, item, part, rec, logged)
     except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch
         rec.status, rec.error, rec.path_prediction = "error", _message(err), None
         _log_failure(where, item.signal, rec.error)
@@ -232,22 +298,35 @@ def _record_for(job: _Job, item: InputItem, part: _Part) -> PredictionRecord:
     return rec
 
 
-def _records_for_file(job: _Job, item: InputItem, stem: str) -> Iterator[PredictionRecord]:
-    """The records of every image of one input file (one error record when the file cannot be described)."""
+def plan_file(job: _Job, item: InputItem, stem: str) -> list[PredictionRecord | _Part]:
+    """The images of one input file to predict, or one error record when the file cannot be described.
+
+    A prediction plate's layout is written here, before any of its fields.
+    """
     try:
-        parts = _parts(job, item, stem)
+        parts, plate = _parts(job, item, stem)
+        for root in dict.fromkeys(p.plate_root for p in parts if p.plate_root is not None):
+            write_plate_layout(root, plate, ngff_version=job.ngff_version or DEFAULT_NGFF_VERSION,
+                               provenance=prediction_provenance(job.model, input_file=item.signal,
+                                                                revision=job.revision))
     except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
-        rec = PredictionRecord(path_signal=str(item.signal),
-                               path_target=str(item.target) if item.target is not None else None,
-                               status="error", error=_message(err))
+        rec = _new_record(item)
+        rec.status, rec.error = "error", _message(err)
         _log_failure(str(item.signal), item.signal, rec.error)
-        yield rec
-        return
-    for part in parts:
-        yield _record_for(job, item, part)
+        return [rec]
+    return list(parts)
 
 
-def _checked_choices(scenes, times, existing: str) -> tuple[tuple | None, tuple | None]:
+def _records_for_file(job: _Job, item: InputItem, stem: str) -> Iterator[PredictionRecord]:
+    """The records of every image of one input file, predicted in this process."""
+    for entry in plan_file(job, item, stem):
+        yield entry if isinstance(entry, PredictionRecord) else _record_for(job, item, entry)
+
+
+def _checked_choices(scenes, times, existing: str, output_format: str | None = None
+                     ) -> tuple[tuple | None, tuple | None]:
+    if output_format is not None and output_format not in OUTPUT_FORMATS:
+        raise InputError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}; got {output_format!r}")
     if existing not in EXISTING_POLICIES:
         raise InputError(f"existing must be one of {EXISTING_POLICIES}, got {existing!r}")
     scenes_t = (scenes,) if isinstance(scenes, (int, str)) else (tuple(scenes) if scenes is not None else None)
@@ -274,6 +353,10 @@ def predict_files(
     axes: str | None = None,
     max_memory_bytes: int | None = None,
     progress: bool = True,
+    output_format: str | None = None,
+    ngff_version: str | None = None,
+    dask: str | None = None,
+    model_loader=None,
 ) -> list[PredictionRecord]:
     """Predict a batch of image files, every scene and time point of each; one process's share when sharded.
 
@@ -281,8 +364,8 @@ def predict_files(
         model: the model (see :func:`~labelfree_jax.inference.predict.predict_array`).
         inputs: files, folders, glob patterns or CSV manifests (see
             :func:`~labelfree_jax.inference.inputs.expand_items`).
-        out_dir: where the predictions (float32 OME-TIFF, the input's axes and pixel sizes,
-            provenance in the OME metadata) and the summary go; created if missing.
+        out_dir: where the predictions (float32 OME-TIFF or OME-Zarr, the input's axes and
+            pixel sizes, provenance in the metadata) and the summary go; created if missing.
         target: target image(s) paired with the inputs, for Pearson r (or ``path_target`` in a
             manifest); read at the same scene / time point as the signal.
         shard: ``(i, n)`` or ``"i/n"``: predict only ``files[i::n]``; None:
@@ -299,6 +382,14 @@ def predict_files(
         axes: axes of the stored arrays, for files whose metadata is missing or wrong (see
             :func:`labelfree_jax.imagefiles.read.read_image`).
         progress: tqdm bars.
+        output_format: ``"ome-tiff"`` or ``"ome-zarr"``; None: OME-Zarr for OME-Zarr inputs
+            (an input plate gives a prediction plate of the same layout), OME-TIFF otherwise.
+        ngff_version: NGFF version of OME-Zarr outputs (``"0.4"``, the default, or ``"0.5"``).
+        dask: address of a dask.distributed scheduler (``"tcp://host:8786"``): the images are
+            predicted by its workers (:mod:`~labelfree_jax.inference.dask_batch`); None: here.
+        model_loader: with ``dask``, a picklable callable returning the model, called once per
+            worker (default: :func:`~labelfree_jax.inference.model.load_package` of the model's
+            package folder).
 
     Targets are read with the manifest row's ``channel_target``, else the model's
     ``target_channels``. An image that fails (unreadable, bad shape, non-finite prediction ...)
@@ -315,7 +406,7 @@ def predict_files(
         InputError: bad ``inputs``/``target``, ``shard`` or ``existing``, or an output folder
             that is a file, cannot be created or is not writable.
     """
-    scenes, times = _checked_choices(scenes, times, existing)
+    scenes, times = _checked_choices(scenes, times, existing, output_format)
     i, n = resolve_shard(shard)
     out = prepare_output_folder(out_dir)
     items = expand_items(inputs, target)
@@ -324,13 +415,19 @@ def predict_files(
     options = {"tile_shape": tile_shape, "overlap": overlap, "batch_size": batch_size, "blend": blend, "tta": tta,
                "max_memory_bytes": max_memory_bytes, "progress": progress}
     job = _Job(model=model, out_dir=out, axes=axes, channels=channels, scenes=scenes, times=times,
-               existing=existing, revision=model_revision(model), options=options, warning_log=_WarningLog())
+               existing=existing, revision=model_revision(model), options=options, warning_log=_WarningLog(),
+               output_format=output_format, ngff_version=ngff_version)
     log.info("shard %d/%d: %d of %d file(s) -> %s", i, n, len(mine), len(items), out)
     records: list[PredictionRecord] = []
-    for item, stem in tqdm(mine, desc="files", unit="file", disable=not progress):
-        for rec in _records_for_file(job, item, stem):
-            records.append(rec)
-            update_summary(summary, [rec.row()])
+    if dask:
+        from labelfree_jax.inference.dask_batch import predict_on_dask  # imports dask.distributed
+
+        records = predict_on_dask(dask, job, mine, summary, model_loader=model_loader)
+    else:
+        for item, stem in tqdm(mine, desc="files", unit="file", disable=not progress):
+            for rec in _records_for_file(job, item, stem):
+                records.append(rec)
+                update_summary(summary, [rec.row()])
     if not mine:
         update_summary(summary, [])
     job.warning_log.close(summary)

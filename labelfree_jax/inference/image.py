@@ -3,7 +3,7 @@
 :func:`predict_image` fits the image's layout to the model (a single plane ``(C, Y, X)`` for a 3D
 model is predicted as a 1-slice stack; a 1-slice ``(C, 1, Y, X)`` stack for a 2D model as a
 plane), predicts it with its pixel sizes and gives the prediction back in the image's layout.
-:func:`write_prediction` writes it as OME-TIFF with the image's pixel sizes, the predicted
+:func:`write_prediction` writes it as OME-TIFF or OME-Zarr with the image's pixel sizes, the predicted
 channel names and the provenance (:mod:`labelfree_jax.inference.provenance`).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from labelfree_jax.core.errors import InputError
-from labelfree_jax.imagefiles import Image, write_ome_tiff
+from labelfree_jax.imagefiles import Image, write_ome_tiff, write_ome_zarr
 from labelfree_jax.inference.provenance import output_channel_names
 
 __all__ = ["predict_image", "write_prediction"]
@@ -69,8 +69,12 @@ def predict_image(model, image: Image, *, warnings: list[str] | None = None, **o
 
 def write_prediction(
     path: str | os.PathLike, prediction: np.ndarray, image: Image, model, *, provenance=None,
+    output_format: str = "ome-tiff", ngff_version: str | None = None,
 ) -> Path:
-    """Write ``prediction`` (in ``image.axes``) as OME-TIFF, atomically, with the image's pixel sizes.
+    """Write ``prediction`` (in ``image.axes``) as OME-TIFF or OME-Zarr, atomically, with the image's pixel sizes.
+
+    ``output_format``: ``"ome-tiff"`` (a file) or ``"ome-zarr"`` (a multiscale folder,
+    :func:`~labelfree_jax.imagefiles.zarr_write.write_ome_zarr`, NGFF ``ngff_version``, default 0.4).
 
     Channel names are ``"<target> (predicted)"``
     (:func:`~labelfree_jax.inference.provenance.output_channel_names`); ``provenance`` (a
@@ -81,5 +85,12 @@ def write_prediction(
         InputError: the write failed (nothing is left at ``path``).
     """
     sizes = {k: v for k, v in (image.pixel_sizes or {}).items() if k.upper() in image.axes[1:]} or None
-    return write_ome_tiff(path, prediction, axes=image.axes, channel_names=output_channel_names(model.config),
-                          pixel_sizes=sizes, provenance=provenance)
+    names = output_channel_names(model.config)
+    if output_format == "ome-zarr":
+        extra = {"ngff_version": ngff_version} if ngff_version else {}
+        return write_ome_zarr(path, prediction, axes=image.axes, channel_names=names, pixel_sizes=sizes,
+                              provenance=provenance, **extra)
+    if output_format != "ome-tiff":
+        raise InputError(f"{path}: output format must be 'ome-tiff' or 'ome-zarr'; got {output_format!r}")
+    return write_ome_tiff(path, prediction, axes=image.axes, channel_names=names, pixel_sizes=sizes,
+                          provenance=provenance)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.imagefiles.manifest import read_manifest
+from labelfree_jax.imagefiles.zarr_read import is_zarr
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -32,8 +33,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: File name endings of the image files a folder is searched for.
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".czi")
+#: File name endings of the image files a folder is searched for (``.zarr``: OME-Zarr folders).
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".czi", ".ome.zarr", ".zarr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,8 @@ def _has_magic(p: str) -> bool:
 
 
 def _is_image_file(p: Path) -> bool:
+    if p.name.lower().endswith(".zarr"):
+        return is_zarr(p)
     return p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
 
 
@@ -66,6 +69,8 @@ def _expand_one(item: str | os.PathLike) -> list[Path]:
     pattern); otherwise a name with ``*?[`` is a glob pattern."""
     text = os.fspath(item)
     p = Path(text)
+    if is_zarr(p):
+        return [p]  # an OME-Zarr image or plate is one input, not a folder of files
     if p.is_dir():
         files = sorted(q for q in p.iterdir() if _is_image_file(q))
         if not files:
@@ -76,7 +81,7 @@ def _expand_one(item: str | os.PathLike) -> list[Path]:
     matches = sorted(globlib.glob(text, recursive=True))
     if not matches:
         raise InputError(f"{text}: no files match this pattern")
-    return [Path(m) for m in matches if Path(m).is_file()]
+    return [Path(m) for m in matches if Path(m).is_file() or is_zarr(Path(m))]
 
 
 def _without_duplicates(items: list[InputItem]) -> list[InputItem]:
@@ -99,8 +104,8 @@ def _is_manifest(text: str) -> bool:
 def expand_items(inputs, target=None) -> list[InputItem]:
     """The :class:`InputItem` objects named by ``inputs`` (and ``target``), in order.
 
-    ``inputs``: a path or a list of them; each may be a file, a folder (its ``.tif``/``.tiff``
-    /``.czi`` files), a glob pattern (sorted matches; an existing file whose name has ``*?[``
+    ``inputs``: a path or a list of them; each may be a file, an OME-Zarr folder (image or
+    plate), a folder (its ``.tif``/``.tiff``/``.czi`` files and ``.zarr`` folders), a glob pattern (sorted matches; an existing file whose name has ``*?[``
     is taken literally) or a CSV manifest (``.csv``) with a ``path_signal`` column, optional
     ``path_target``, ``channel_signal``, ``channel_target``, ``scene`` and ``time`` columns (read by
     :func:`labelfree_jax.imagefiles.manifest.read_manifest`).

@@ -1,6 +1,8 @@
 """Where a batch writes: the output folder, prediction file names, and the existing-file policy.
 
-Names: ``<stem>_prediction.ome.tif`` for a file of one scene and one time point;
+Names: ``<stem>_prediction.ome.tif`` (``.ome.zarr`` in OME-Zarr, the default for OME-Zarr
+inputs; an input plate gives one prediction plate ``<stem>_prediction.ome.zarr`` whose fields
+are ``<row>/<column>/<field>``) for a file of one scene and one time point;
 ``<stem>_<scene>_prediction.ome.tif`` for each scene of a file with several (the scene name
 made safe for a file name, :func:`safe_name`); ``<stem>[_<scene>]_t0003_prediction.ome.tif`` for
 time point 3 of a time series. Two inputs with the same stem get ``_2``, ``_3`` ... The names
@@ -20,11 +22,14 @@ from pathlib import Path
 
 from labelfree_jax.core.atomic import remove_stale_temporaries
 from labelfree_jax.core.errors import InputError
+from labelfree_jax.imagefiles.zarr_read import is_zarr
 from labelfree_jax.inference.inputs import IMAGE_SUFFIXES
 
 __all__ = [
     "EXISTING_POLICIES",
+    "OUTPUT_FORMATS",
     "check_existing",
+    "output_format_for",
     "output_stems",
     "prediction_name",
     "prediction_path",
@@ -34,6 +39,10 @@ __all__ = [
 
 #: What to do with a prediction file that exists already: refuse (the image fails), overwrite, skip.
 EXISTING_POLICIES = ("refuse", "overwrite", "skip")
+
+#: Prediction file formats: OME-TIFF files or OME-Zarr folders.
+OUTPUT_FORMATS = ("ome-tiff", "ome-zarr")
+_SUFFIX = {"ome-tiff": ".ome.tif", "ome-zarr": ".ome.zarr"}
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -51,15 +60,30 @@ def safe_name(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("._")
 
 
-def prediction_name(stem: str, scene: str | None = None, time: int | None = None) -> str:
-    """``<stem>[_<scene>][_t<time:04d>]_prediction.ome.tif``."""
+def prediction_name(stem: str, scene: str | None = None, time: int | None = None, fmt: str = "ome-tiff") -> str:
+    """``<stem>[_<scene>][_t<time:04d>]_prediction.ome.tif`` (``.ome.zarr`` for ``fmt="ome-zarr"``)."""
     parts = [stem] + ([scene] if scene else []) + ([f"t{time:04d}"] if time is not None else [])
-    return "_".join(parts) + "_prediction.ome.tif"
+    return "_".join(parts) + "_prediction" + _SUFFIX[fmt]
 
 
-def prediction_path(out_dir: str | os.PathLike, signal_path: str | os.PathLike) -> Path:
-    """``<out_dir>/<stem>_prediction.ome.tif`` for an input file (of one scene and time point)."""
-    return Path(out_dir) / prediction_name(_stem(Path(signal_path)))
+def prediction_path(out_dir: str | os.PathLike, signal_path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """``<out_dir>/<stem>_prediction.ome.tif`` (or ``.ome.zarr``, see :func:`output_format_for`) for an
+    input file of one scene and time point."""
+    signal = Path(signal_path)
+    return Path(out_dir) / prediction_name(_stem(signal), fmt=output_format_for(signal, fmt))
+
+
+def output_format_for(signal: Path, choice: str | None) -> str:
+    """The prediction format: ``choice``, or by default OME-Zarr for an OME-Zarr input and OME-TIFF otherwise.
+
+    Raises:
+        InputError: ``choice`` is not one of :data:`OUTPUT_FORMATS`.
+    """
+    if choice is None:
+        return "ome-zarr" if is_zarr(Path(signal)) else "ome-tiff"
+    if choice not in OUTPUT_FORMATS:
+        raise InputError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}; got {choice!r}")
+    return choice
 
 
 def output_stems(signals: Sequence[Path]) -> list[str]:

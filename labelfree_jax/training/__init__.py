@@ -13,7 +13,10 @@ Modules, one job each:
 * :mod:`~labelfree_jax.training.checkpoints`, :mod:`~labelfree_jax.training.run_files`: the run directory;
 * :mod:`~labelfree_jax.training.data_record`: what the package records of the training data;
 * :mod:`~labelfree_jax.training.export`: the trained model package and its card;
-* :mod:`~labelfree_jax.training.loop` and :mod:`~labelfree_jax.training.train`: the loop and :func:`train`.
+* :mod:`~labelfree_jax.training.loop` and :mod:`~labelfree_jax.training.train`: the loop and :func:`train`;
+* :mod:`~labelfree_jax.training.progress`: the compile notice and the ETA of the progress bar;
+* :mod:`~labelfree_jax.training.tensorboard_log`: optional TensorBoard event files;
+* :mod:`~labelfree_jax.training.templates`: the run configs ``labelfree init`` writes.
 
 Names are resolved lazily, so importing this package imports neither JAX nor the data stack.
 May import core, imagefiles, transforms, models and evaluation.

@@ -42,6 +42,7 @@ from labelfree_jax.models.config import IntensityStatistics, NetworkConfig, Pack
 from labelfree_jax.transforms import Transform
 
 __all__ = [
+    "LOGGING_ONLY",
     "RUN_CONFIG_VERSION",
     "AugmentationConfig",
     "DataConfig",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 RUN_CONFIG_VERSION = 1
+
+#: RunConfig fields that change only what a run logs, not what it trains (left out of :meth:`RunConfig.digest`).
+LOGGING_ONLY = ("tensorboard",)
 
 
 class DatasetConfig(StrictModel):
@@ -207,6 +211,11 @@ class RunConfig(StrictModel):
     replaced by file pixel size / working pixel size when the file states its pixel size, and
     kept, with a warning naming the pixel size it assumes, when it does not). Without it the
     images are used on their own grids (a warning says the pixel size is unknown).
+
+    ``tensorboard = true`` also writes the training loss (every step), the validation loss and
+    validation Pearson r as TensorBoard scalars into ``<run_dir>/tensorboard/`` (needs the
+    optional ``tensorboardX``: ``pip install labelfree-jax[tensorboard]``); it changes nothing
+    that is trained.
     """
 
     format_version: Literal[1] = RUN_CONFIG_VERSION
@@ -239,6 +248,7 @@ class RunConfig(StrictModel):
     signal_description: str = "transmitted light"
     target_description: str = "fluorescence"
     pixel_size_um: PixelSizes | None = None
+    tensorboard: bool = False
 
     @model_validator(mode="after")
     def _check_patch(self):
@@ -264,8 +274,13 @@ class RunConfig(StrictModel):
         return parse_model(cls, text, source=source)
 
     def digest(self) -> str:
-        """A short fingerprint of the whole config (16 hex digits of the SHA-256 of :meth:`to_json`)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """A short fingerprint of what the config trains (16 hex digits of a SHA-256 of its JSON).
+
+        Fields that change only what is logged, not what is trained (:data:`LOGGING_ONLY`), are left out,
+        so turning on ``tensorboard`` keeps the digest (and the package) of a run the same.
+        """
+        text = self.model_dump_json(indent=2, exclude=set(LOGGING_ONLY))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def loader_options(self) -> LoaderOptions:
         """The patch loader's settings from this config (see :class:`LoaderOptions`)."""

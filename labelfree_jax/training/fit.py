@@ -50,6 +50,7 @@ from labelfree_jax.training.run_files import (
     write_run_config,
 )
 from labelfree_jax.training.step import init_train_state
+from labelfree_jax.training.tensorboard_log import TENSORBOARD_DIR, TensorBoardLog
 from labelfree_jax.training.validation import Validator
 
 __all__ = ["train"]
@@ -126,12 +127,16 @@ def train(
         val_log = CsvLog(run_dir / VALIDATION_FILE, validation_header(config.model.out_channels),
                          keep_until=keep_until, enabled=parallel.is_main)
         opened.append(val_log)
+        events = TensorBoardLog(run_dir / TENSORBOARD_DIR, enabled=config.tensorboard and parallel.is_main,
+                                resume_step=resumed_from)
+        opened.append(events)
         loader = _start_loader(train_ds, config, parallel, loader_start)
         opened.append(loader)
         data = describe_training_data(train_ds) if parallel.is_main else None
         weighted = config.loss == "weighted_mse"
         validator = Validator(val_ds, config, parallel, weighted) if val_ds is not None else None
-        parts = LoopParts(config, run_dir, tx, loader, validator, checkpoints, losses_log, val_log, parallel, data)
+        parts = LoopParts(config, run_dir, tx, loader, validator, checkpoints, losses_log, val_log, parallel, data,
+                          events)
         loop = TrainLoop(parts, state, start_step=start_step, resumed_from=resumed_from, t_start=t_start,
                          max_seconds=max_seconds, progress=progress and parallel.is_main, on_step=on_step)
         result = loop.run()

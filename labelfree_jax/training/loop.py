@@ -32,9 +32,11 @@ from labelfree_jax.training.data_record import TrainingDataRecord
 from labelfree_jax.training.distributed import DataParallel
 from labelfree_jax.training.export import write_package
 from labelfree_jax.training.loader import PatchLoader
+from labelfree_jax.training.progress import COMPILING_MESSAGE, StepClock, format_eta
 from labelfree_jax.training.result import TrainingDivergedError, TrainResult
 from labelfree_jax.training.run_files import CsvLog, plot_losses, write_result
 from labelfree_jax.training.step import all_finite, jit_train_step
+from labelfree_jax.training.tensorboard_log import TensorBoardLog
 from labelfree_jax.training.validation import Validator
 
 __all__ = ["LoopParts", "TrainLoop"]
@@ -59,6 +61,7 @@ class LoopParts:
     val_log: CsvLog
     parallel: DataParallel
     data: TrainingDataRecord | None = None
+    events: TensorBoardLog | None = None
 
 
 class TrainLoop:
@@ -98,13 +101,19 @@ class TrainLoop:
         self.step_first = start_step
         self.wait_start = parts.loader.stats.wait_seconds
         self.t_loop = time.perf_counter()
+        self.clock = StepClock()  # speed and ETA of the steps after the first (which compiles)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> TrainResult:
         """Train, finish (validate, checkpoint, package) and return the :class:`TrainResult`."""
         cfg = self.p.config
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc=f"train {cfg.name}",
-                   unit="step", dynamic_ncols=True)
+        compiling = self.step < cfg.steps
+        if compiling:
+            log.info("%s", COMPILING_MESSAGE)
+        # the ETA is ours (StepClock, in the postfix): tqdm's own would count the first step's compile
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   desc=f"train {cfg.name}" + (f": {COMPILING_MESSAGE}" if compiling else ""),
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         try:
             while self.step < cfg.steps:
                 if self.max_seconds is not None and time.perf_counter() - self.t_start > self.max_seconds:
@@ -112,6 +121,8 @@ class TrainLoop:
                     log.info("max_seconds=%s reached at step %d; stopping", self.max_seconds, self.step)
                     break
                 self._one_step()
+                if not self.clock.compiled:
+                    self._compiled(bar)
                 self._show(bar)
                 if self.on_step is not None:
                     self.on_step(self.step)
@@ -140,9 +151,12 @@ class TrainLoop:
         self.pending.append((step, loss))
         val_due = p.validator is not None and cfg.validation_interval > 0 and step % cfg.validation_interval == 0
         ckpt_due = step % cfg.checkpoint_interval == 0
+        if val_due:
+            jax.block_until_ready(loss)  # the steps queued so far are training time, not validation time
         t0 = time.perf_counter()
         val_row = self._validate() if val_due else None
         t_val = time.perf_counter() - t0
+        self.clock.pause(t_val)
         if val_due or ckpt_due or step % cfg.log_interval == 0 or step == cfg.steps:
             self._flush(val_row)
         if self.t_first is not None and self.t_first <= t0:
@@ -152,12 +166,23 @@ class TrainLoop:
             self._save()
             if self.t_first is not None:
                 self.excluded += time.perf_counter() - t1
+            self.clock.pause(time.perf_counter() - t1)
+
+    def _compiled(self, bar) -> None:
+        """The first step has returned: wait for it to run; its compile is over, from now on the speed is measured."""
+        jax.block_until_ready(self.pending[-1][1] if self.pending else self.state)
+        now = self.clock.first_step_done(self.step)
+        log.info("first step done in %.1f s (compilation included); timing the steps after it", now - self.t_loop)
+        bar.set_description_str(f"train {self.p.config.name}")
 
     def _show(self, bar) -> None:
-        if self.progress and self.final_loss is not None and self.t_first is not None and self.step > self.step_first:
-            sps = (self.step - self.step_first) / max(time.perf_counter() - self.t_first - self.excluded, 1e-9)
-            bar.set_postfix(loss=f"{self.final_loss:.4g}", train_patches_s=f"{sps * self.p.config.batch_size:.1f}",
-                            loader_patches_s=f"{self.p.loader.patches_per_second:.0f}", refresh=False)
+        if self.progress:
+            parts = [f"eta {format_eta(self.clock.eta(self.step, self.p.config.steps))}"]
+            if self.final_loss is not None and self.t_first is not None and self.step > self.step_first:
+                sps = (self.step - self.step_first) / max(time.perf_counter() - self.t_first - self.excluded, 1e-9)
+                parts += [f"loss {self.final_loss:.4g}", f"train {sps * self.p.config.batch_size:.1f} patches/s",
+                          f"loader {self.p.loader.patches_per_second:.0f} patches/s"]
+            bar.set_postfix_str(", ".join(parts), refresh=False)
         bar.update(1)
 
     # ------------------------------------------------------------------ losses, validation, checkpoints
@@ -180,6 +205,9 @@ class TrainLoop:
             self.final_loss = v
         del self.recent[:-_RECENT]
         self.p.losses_log.write(rows)
+        if self.p.events is not None:
+            self.p.events.losses([(s, v) for (s, _), v in zip(self.pending, values)])
+        self.clock.synced(self.pending[-1][0])
         self.pending = []
         if self.t_first is None:
             self.t_first = time.perf_counter()
@@ -203,6 +231,8 @@ class TrainLoop:
         per = res["val_pearson_r_per_channel"]
         self.p.val_log.write([[self.step, repr(res["val_loss"]), repr(res["val_pearson_r"])]
                               + ([repr(r) for r in per] if len(per) > 1 else [])])
+        if self.p.events is not None:
+            self.p.events.validation(self.step, res["val_loss"], res["val_pearson_r"], per)
         log.info("step %d: val_loss %.5g, val_pearson_r %.4f", self.step, res["val_loss"], res["val_pearson_r"])
         return res
 

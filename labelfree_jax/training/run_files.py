@@ -9,6 +9,8 @@
       loss_curve.png     training / validation loss against step
       checkpoints/       orbax checkpoints (:mod:`labelfree_jax.training.checkpoints`)
       package/           the trained model package (:mod:`labelfree_jax.training.export`)
+      tensorboard/       TensorBoard event files, only with ``tensorboard: true``
+                         (:mod:`labelfree_jax.training.tensorboard_log`)
       result.json        the :class:`~labelfree_jax.training.result.TrainResult`
 
 Every file is written atomically, except the two CSV logs, which are appended to (one
@@ -74,6 +76,7 @@ RESUMABLE_CHANGES = frozenset({
     "prefetch_batches",
     "signal_description",
     "target_description",
+    "tensorboard",
 })
 
 

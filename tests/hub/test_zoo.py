@@ -22,7 +22,7 @@ from labelfree_jax.transforms import transform_from_dict
 from tests.hub_server import FakeHub, guard_sockets, isolate_hf, random_variables, set_offline
 
 REPO = Path(__file__).resolve().parents[2]
-ZOO_DIR = REPO / "zoo"
+ZOO_DIR = REPO / "labelfree_jax" / "hub" / "zoo_recipes"
 #: The structures of the original work (Ounkomol et al. 2018) and the two DIC variants.
 STRUCTURES = ("dna", "lamin_b1", "membrane", "fibrillarin", "tom20", "sec61_beta", "st6gal1", "alpha_tubulin",
               "beta_actin", "desmoplakin", "myosin_iib", "zo1", "dic_lamin_b1", "dic_membrane")
@@ -97,7 +97,7 @@ def test_zoo_definition_encodes_the_original_package(name):
         assert defn.raw_pixel_size_um["y"] == pytest.approx(0.108)
     card = (folder / defn.model_card).read_text()
     assert "## Training data" in card and "## Limitations" in card
-    assert f"zoo/{name}/train.json" in card and f"{zoom}" in card
+    assert f"labelfree train --recipe {name}" in card and f"{zoom}" in card
     train_file = folder / defn.train_config
     if not train_file.is_file():
         pytest.skip(f"{train_file} (the training recipe) is not written yet")
@@ -129,7 +129,7 @@ def test_unknown_and_unpublished_errors():
         zoo.load("dna")
     msg = str(err.value)
     assert "not published yet" in msg and "labelfree-jax/fnet-dna" in msg
-    assert "labelfree train zoo/dna/train.json" in msg and "labelfree publish" in msg
+    assert "labelfree train --recipe dna" in msg and "labelfree publish" in msg
     with pytest.raises(ModelNotAvailableError, match="not published yet"):
         zoo.download("dic_membrane")
     with pytest.raises(ModelNotAvailableError, match="sample 'tom20'.*not published yet"):
