@@ -5,15 +5,15 @@
 
     python scripts/publish_model.py dna runs/dna [--tag v1] [--endpoint URL] [--token TOKEN]
 
-1. checks the run's package against ``labelfree_jax/hub/zoo_recipes/dna/package.json`` (transforms,
+1. checks the run's package against ``zoo/dna/package.json`` (transforms,
    pixel size, ndim);
-2. publishes config.json + model.safetensors + a model card (``zoo_recipes/dna/MODEL_CARD.md`` text)
+2. publishes config.json + model.safetensors + a model card (``zoo/dna/MODEL_CARD.md`` text)
    to the definition's Hub repo in one commit and tags it (``labelfree publish --zoo``);
-3. records the commit, tag, sha256/size of every file and the metrics in ``zoo_recipes/dna/package.json``;
-4. regenerates ``labelfree_jax/hub/zoo_index/models.json`` from all ``zoo_recipes/*/package.json``.
+3. records the commit, tag, sha256/size of every file and the metrics in ``zoo/dna/package.json``;
+4. regenerates ``labelfree_jax/hub/zoo_index/models.json`` from all ``zoo/*/package.json``.
 
 Re-running with the same package is safe: no new commit, same tag, same index. Commit the
-changed ``zoo_recipes/dna/package.json`` and ``models.json`` afterwards. ``--dry-run`` only checks and
+changed ``zoo/dna/package.json`` and ``models.json`` afterwards. ``--dry-run`` only checks and
 stages (``--staging-dir`` keeps the folder that would be uploaded).
 """
 
@@ -38,10 +38,10 @@ from labelfree_jax.core.errors import LabelfreeError
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("name", help="zoo model name (a folder of labelfree_jax/hub/zoo_recipes/)")
+    parser.add_argument("name", help="zoo model name (a folder of zoo/)")
     parser.add_argument("package", metavar="RUN_OR_PACKAGE_DIR", help="training run folder or model package folder")
-    parser.add_argument("--zoo-dir", default=str(ROOT / "labelfree_jax" / "hub" / "zoo_recipes"),
-                        help="zoo definitions folder (default: labelfree_jax/hub/zoo_recipes/ of this checkout)")
+    parser.add_argument("--zoo-dir", default=str(ROOT / "zoo"),
+                        help="zoo definitions folder (default: zoo/ of this checkout)")
     parser.add_argument("--index", default=str(ROOT / "labelfree_jax" / "hub" / "zoo_index" / "models.json"),
                         help="index file to regenerate (default: the shipped models.json)")
     parser.add_argument("--repo", metavar="ORG/NAME", help="publish to another repo than the definition's")

@@ -78,3 +78,11 @@ def test_long_functions_say_why():
                 if n > MAX_FUNCTION_LINES and not any("# Long because" in line for line in body):
                     unexplained.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
     assert not unexplained, "functions over 80 lines without a '# Long because' comment: " + ", ".join(unexplained)
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {"labelfree_jax"} | {f"labelfree_jax.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    assert on_disk | {"labelfree_jax.zoo_recipes"} == listed

@@ -1,6 +1,6 @@
 """The zoo's training recipes, shipped inside the package: ``labelfree train --recipe NAME``.
 
-One folder per zoo model (package data, ``labelfree_jax/hub/zoo_recipes/<name>/``)::
+One folder per zoo model (package data, ``zoo/<name>/`` of the repository, installed as ``labelfree_jax.zoo_recipes``)::
 
     package.json    the zoo definition (:class:`~labelfree_jax.hub.zoo.ZooDefinition`)
     train.json      the training recipe (a :class:`~labelfree_jax.training.config.RunConfig`)
@@ -36,12 +36,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 RECIPE_FILE = "train.json"
-_FOLDER = "zoo_recipes"
+_PACKAGE = "labelfree_jax.zoo_recipes"
 
 
 def recipes_dir() -> Path:
-    """``labelfree_jax/hub/zoo_recipes``: the folder of every zoo definition and recipe (package data)."""
-    return Path(str(importlib.resources.files("labelfree_jax.hub").joinpath(_FOLDER)))
+    """The folder of every zoo definition and recipe: the repository's ``zoo/``, installed as the
+    package data of ``labelfree_jax.zoo_recipes``."""
+    return Path(str(importlib.resources.files(_PACKAGE)))
 
 
 def recipe_names() -> list[str]:

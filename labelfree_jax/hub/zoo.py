@@ -16,7 +16,7 @@ sha256 and size of every file; downloads go through :mod:`labelfree_jax.hub.clie
 Hugging Face cache, are verified before use and work offline (``HF_HUB_OFFLINE=1``) from the cache.
 
 The index is generated from the zoo definitions, one folder per structure, shipped as package
-data in ``labelfree_jax/hub/zoo_recipes/`` (:func:`labelfree_jax.hub.recipes.recipes_dir`)::
+data in the repository's ``zoo/`` folder (:func:`labelfree_jax.hub.recipes.recipes_dir`)::
 
     <name>/package.json    ZooDefinition: repo id, modality, transforms, pixel sizes, licence,
                            and once published the pinned commit + file hashes
@@ -298,7 +298,7 @@ def load(
 
 
 # --------------------------------------------------------------------------------------------
-# zoo definitions (zoo_recipes/<name>/package.json)
+# zoo definitions (zoo/<name>/package.json)
 # --------------------------------------------------------------------------------------------
 class PublishedInfo(StrictModel):
     """The pinned Hub state of a published zoo model."""
@@ -317,7 +317,7 @@ class PublishedInfo(StrictModel):
 
 
 class ZooDefinition(StrictModel):
-    """``zoo_recipes/<name>/package.json``: everything about a zoo model except its weights.
+    """``zoo/<name>/package.json``: everything about a zoo model except its weights.
 
     ``signal_transforms`` / ``target_transforms`` / ``pixel_size_um`` / ``ndim`` must equal
     those of the package that gets published (:func:`check_package_matches`).
@@ -479,7 +479,7 @@ def stage_zoo_model(
     *,
     repo_id: str | None = None,
 ) -> Path:
-    """Check a package against ``zoo_recipes/<name>`` and write the folder :func:`publish_zoo_model` would upload."""
+    """Check a package against ``zoo/<name>`` and write the folder :func:`publish_zoo_model` would upload."""
     definition_dir = Path(definition_dir)
     defn, src, _ = _checked(definition_dir, package_dir)
     return stage_package(src, out_dir, repo_id=repo_id or defn.repo_id, **_card_options(defn, definition_dir))
@@ -498,7 +498,7 @@ def publish_zoo_model(
     update_definition: bool = True,
     index_file: str | os.PathLike | None = None,
 ) -> tuple[PublishResult, ModelEntry]:
-    """Publish a trained package as the zoo model of ``definition_dir`` (``zoo_recipes/<name>``).
+    """Publish a trained package as the zoo model of ``definition_dir`` (``zoo/<name>``).
 
     Checks the package against the definition (:func:`check_package_matches`), publishes it
     with the definition's repo id (or ``repo_id``), licence, datasets, tags and

@@ -279,7 +279,7 @@ class TrainLoop:
         package_dir = None
         if p.parallel.is_main:
             package_dir = write_package(p.config, p.run_dir, self.state, metrics, self.step, p.data)
-            plot_losses(p.run_dir)
+            plot_losses(p.run_dir, p.config.name)
         wait = p.loader.stats.wait_seconds - self.wait_start
         result = TrainResult(
             run_dir=p.run_dir,

@@ -222,9 +222,16 @@ class CsvLog:
                 raise write_failure(self.path, "the log", err) from None
 
 
-def plot_losses(run_dir: Path) -> None:
-    """``loss_curve.png`` from ``losses.csv``; a plot that cannot be made is logged, not raised."""
+def plot_losses(run_dir: Path, name: str | None = None) -> None:
+    """``loss_curve.png`` from ``losses.csv`` and ``validation.csv`` (loss and r), titled with the run.
+
+    A plot that cannot be made is logged, not raised.
+    """
+    validation = run_dir / VALIDATION_FILE
+    has_validation = validation.is_file() and len(validation.read_text().splitlines()) > 1
+    title = f"training run {run_dir.resolve().name}" + (f" ({name})" if name else "")
     try:
-        plot_loss_curve(run_dir / LOSSES_FILE, run_dir / LOSS_PLOT_FILE)
+        plot_loss_curve(run_dir / LOSSES_FILE, run_dir / LOSS_PLOT_FILE,
+                        validation=validation if has_validation else None, title=title)
     except (LabelfreeError, OSError, ValueError) as err:
         log.warning("could not plot the loss curve: %s", err)

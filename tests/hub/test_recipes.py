@@ -28,16 +28,19 @@ def _manifests(root: Path, name: str, *, test: bool = True) -> Path:
 
 def test_recipes_are_package_data():
     folder = recipes.recipes_dir()
-    assert folder == Path(labelfree_jax.__file__).parent / "hub" / "zoo_recipes"
+    assert folder.resolve() == (REPO / "zoo").resolve()  # one copy: the repository's zoo/ (editable install)
     assert recipes.recipe_names() == sorted(STRUCTURES)
     assert zoo.build_index(folder) == zoo.load_index()  # the shipped index comes from these definitions
-    # pyproject's package-data globs take every file of every recipe folder into the wheel
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    globs = pyproject["tool"]["setuptools"]["package-data"]["labelfree_jax.hub"]
-    files = sorted(p.relative_to(folder.parent).as_posix() for p in folder.rglob("*") if p.is_file())
+    # pyproject maps zoo/ to the package labelfree_jax.zoo_recipes, and its package-data globs take
+    # every file of every recipe folder into the wheel
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"]["labelfree_jax.zoo_recipes"] == "zoo"
+    assert "labelfree_jax.zoo_recipes" in setuptools["packages"]
+    globs = setuptools["package-data"]["labelfree_jax.zoo_recipes"]
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.suffix in (".json", ".md") and p.parent != folder)
     assert len(files) == 3 * len(STRUCTURES)
     assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
-    assert not (REPO / "zoo").exists() or sorted(p.name for p in (REPO / "zoo").iterdir()) == ["README.md"]
 
 
 def test_missing_recipe_data_names_the_download_command(tmp_path, monkeypatch):

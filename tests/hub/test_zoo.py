@@ -22,7 +22,7 @@ from labelfree_jax.transforms import transform_from_dict
 from tests.hub_server import FakeHub, guard_sockets, isolate_hf, random_variables, set_offline
 
 REPO = Path(__file__).resolve().parents[2]
-ZOO_DIR = REPO / "labelfree_jax" / "hub" / "zoo_recipes"
+ZOO_DIR = REPO / "zoo"
 #: The structures of the original work (Ounkomol et al. 2018) and the two DIC variants.
 STRUCTURES = ("dna", "lamin_b1", "membrane", "fibrillarin", "tom20", "sec61_beta", "st6gal1", "alpha_tubulin",
               "beta_actin", "desmoplakin", "myosin_iib", "zo1", "dic_lamin_b1", "dic_membrane")

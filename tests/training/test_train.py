@@ -131,7 +131,7 @@ def test_run_config_strict_and_paths(tmp_path):
 
 @pytest.mark.parametrize("structure", ZOO_STRUCTURES)
 def test_zoo_recipes_are_the_paper_recipe(structure):
-    cfg = load_run_config(REPO / "labelfree_jax" / "hub" / "zoo_recipes" / structure / "train.json")
+    cfg = load_run_config(REPO / "zoo" / structure / "train.json")
     assert cfg.name == structure
     assert (cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.betas) == ("adam", 1e-3, (0.5, 0.999))
     assert cfg.loss == "mse" and cfg.schedule.name == "constant"
