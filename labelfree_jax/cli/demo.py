@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 
 def _positive_float(text: str) -> float:
@@ -119,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         f"  summary:            {result.summary_path}",
         "",
         "next: reload the model with",
-        f"  python3 -c \"from labelfree_jax import zoo; m = zoo.load('{result.package_dir}'); print(m)\"",
+        f"  {shlex.quote(sys.executable)} -c \"from labelfree_jax import zoo; m = zoo.load('{result.package_dir}'); print(m)\"",
         f"or predict files with: labelfree predict --model {result.package_dir} IMAGES... --out DIR",
     ]
     print("\n".join(lines), flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _number(text: str) -> int | float:
@@ -126,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     if args.manifest:
         inputs.append(args.manifest)
     if not inputs:
-        raise InputError("give INPUTS or --manifest")
+        hint = (f" (--target takes every path after it: {' '.join(args.target)}; put the input images "
+                "before --target)") if args.target else ""
+        raise InputError("give INPUTS or --manifest" + hint)
     prepare_output_folder(args.out)  # a bad --out fails here, before the model is loaded
 
     import functools
@@ -138,32 +141,43 @@ def run(args: argparse.Namespace) -> int:
     overlap = None
     if args.overlap:
         overlap = args.overlap[0] if len(args.overlap) == 1 else tuple(args.overlap)
-    records = predict_files(
-        model,
-        inputs,
-        args.out,
-        target=args.target,
-        shard=args.shard,
-        channels=args.channel,
-        scenes=args.scene,
-        times=args.time,
-        existing="overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse",
-        tile_shape=tuple(args.tile) if args.tile else None,
-        overlap=overlap,
-        batch_size=args.batch_size,
-        blend=args.blend,
-        tta=args.tta,
-        axes=args.axes,
-        max_memory_bytes=int(args.max_memory_gb * 2**30) if args.max_memory_gb else None,
-        progress=not args.no_progress,
-        output_format=args.output_format,
-        dask=dask,
-        model_loader=functools.partial(_load_model, _absolute_if_folder(args.model)) if dask else None,
-    )
+    import contextlib
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # with progress bars, log lines go above them (tqdm.write) instead of being glued to them
+    with logging_redirect_tqdm() if not args.no_progress else contextlib.nullcontext():
+        records = predict_files(
+            model,
+            inputs,
+            args.out,
+            target=args.target,
+            shard=args.shard,
+            channels=args.channel,
+            scenes=args.scene,
+            times=args.time,
+            existing="overwrite" if args.overwrite else "skip" if args.skip_existing else "refuse",
+            tile_shape=tuple(args.tile) if args.tile else None,
+            overlap=overlap,
+            batch_size=args.batch_size,
+            blend=args.blend,
+            tta=args.tta,
+            axes=args.axes,
+            max_memory_bytes=int(args.max_memory_gb * 2**30) if args.max_memory_gb else None,
+            progress=not args.no_progress,
+            output_format=args.output_format,
+            dask=dask,
+            model_loader=functools.partial(_load_model, _absolute_if_folder(args.model)) if dask else None,
+        )
     n_bad = sum(not r.ok for r in records)
     n_skipped = sum(r.status == "skipped" for r in records)
     where = summary_path(args.out, args.shard)
     skipped = f", {n_skipped} skipped (exist)" if n_skipped else ""
     print(f"{len(records) - n_bad - n_skipped} of {len(records)} image(s) predicted{skipped}, {n_bad} failed; "
           f"summary: {where}")
+    for rec in [r for r in records if not r.ok][:5]:  # why, one line each (all of them in the summary)
+        where_in = "".join(f" {k} {v}" for k, v in (("scene", rec.scene), ("time", rec.time)) if v not in (None, ""))
+        print(f"  failed: {rec.path_signal}{where_in}: {rec.error}", file=sys.stderr)
+    if n_bad > 5:
+        print(f"  ... and {n_bad - 5} more failures (see {where})", file=sys.stderr)
     return 1 if n_bad else 0

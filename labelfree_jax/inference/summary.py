@@ -6,7 +6,8 @@ time point the row is about, the signal channel used and the warnings (``; ``-jo
 
 A row is identified by its input: ``(path_signal, scene, time)``. :func:`update_summary` reads
 the summary, merges the new rows in (a row for the same input replaces the old one, except
-that a ``skipped`` row keeps an ``ok`` row: that of the run that made the output) and writes it back
+that a ``skipped`` or failed row keeps an ``ok`` row whose output is still there: that of the run
+that made the output) and writes it back
 atomically, all under an exclusive lock (``fcntl.flock`` on ``summary.csv.lock`` in the same
 folder), so two processes predicting into one folder at the same time keep every row, and a
 resumed batch keeps the rows of the images it skips.
@@ -157,11 +158,18 @@ def _key(row: dict[str, str]) -> tuple[str, str, str]:
     return row["path_signal"], row.get("scene", ""), row.get("time", "")
 
 
+def _output_exists(folder: Path, row: dict[str, str]) -> bool:
+    out = row.get("path_prediction") or ""
+    return bool(out) and (Path(out).exists() or (folder / Path(out).name).exists())
+
+
 def update_summary(path: str | os.PathLike, rows: Iterable[dict[str, str]]) -> Path:
     """Merge ``rows`` (from :meth:`PredictionRecord.row`) into the summary CSV ``path``, under the lock.
 
     A row replaces the existing row of the same input ``(path_signal, scene, time)`` in place,
-    except a ``skipped`` row, which keeps an existing ``ok`` row; other rows are appended. The file is
+    except that a ``skipped`` or failed row keeps an existing ``ok`` row whose output is still in
+    the folder (a rerun refused because the output exists, or a failed ``--overwrite``, which
+    leaves the old output in place); other rows are appended. The file is
     created (with its header) when missing, even for no rows.
 
     Raises:
@@ -173,8 +181,11 @@ def update_summary(path: str | os.PathLike, rows: Iterable[dict[str, str]]) -> P
         for row in rows:
             row = {c: row.get(c, "") for c in SUMMARY_COLUMNS}
             key = _key(row)
-            if row["status"] == "skipped" and merged.get(key, {}).get("status") == "ok":
-                continue
+            old = merged.get(key, {})
+            if old.get("status") == "ok" and (
+                row["status"] == "skipped" or (row["status"] != "ok" and _output_exists(path.parent, old))
+            ):
+                continue  # the folder still holds that run's good output: the summary keeps describing it
             merged[key] = row
         _write_rows(path, merged.values())
     return path

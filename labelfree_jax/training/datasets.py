@@ -491,7 +491,9 @@ def build_datasets(config: RunConfig) -> tuple[PairDataset, PairDataset | None]:
         if not first or not second:
             raise ConfigError(
                 f"{data.train.manifest}: validation_fraction {data.validation_fraction} of {len(train_ds)} rows "
-                f"leaves an empty training or validation set"
+                f"leaves an empty training or validation set; with one or two image pairs, validate on a region "
+                f"instead: give data.train a 'region' (e.g. {{\"x\": [0, 384]}}) and a data.validation section with "
+                f"the same manifest and the other region (labelfree init's train.md shows how)"
             )
         val_ds = Subset(train_ds, second)
         train_ds = Subset(train_ds, first)

@@ -58,6 +58,15 @@ __all__ = ["train"]
 log = logging.getLogger(__name__)
 
 
+def _warn_about_the_schedule(config: RunConfig) -> None:
+    """A run that ends inside the learning-rate warm-up learns almost nothing: say so."""
+    warmup = int(getattr(config.schedule, "warmup_steps", 0) or 0)
+    if warmup and config.steps <= warmup:
+        log.warning("steps (%d) <= the schedule's warmup_steps (%d): the learning rate never leaves its warm-up "
+                    "ramp, so this run will learn little; train longer or lower schedule.warmup_steps",
+                    config.steps, warmup)
+
+
 def train(
     config: RunConfig,
     run_dir: str | os.PathLike,
@@ -104,6 +113,7 @@ def train(
     """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
+    _warn_about_the_schedule(config)
     latest = _check_run_dir(run_dir, config, resume)
     prepare_run_dir(run_dir)  # a read-only or unusable run directory fails before anything is computed
     parallel = DataParallel.over_all_devices(config.batch_size)

@@ -229,7 +229,7 @@ def plot_losses(run_dir: Path, name: str | None = None) -> None:
     """
     validation = run_dir / VALIDATION_FILE
     has_validation = validation.is_file() and len(validation.read_text().splitlines()) > 1
-    title = f"training run {run_dir.resolve().name}" + (f" ({name})" if name else "")
+    title = f"training run {name}" if name else f"training run {run_dir.resolve().name}"
     try:
         plot_loss_curve(run_dir / LOSSES_FILE, run_dir / LOSS_PLOT_FILE,
                         validation=validation if has_validation else None, title=title)

@@ -207,11 +207,13 @@ def test_existing_outputs_refused_skipped_or_overwritten(tmp_path, pkg, capsys, 
     assert predict(args, capsys, caplog)[0] == 0
     pred = out / "cell_prediction.ome.tif"
     before = pred.read_bytes()
-    rc, _, _, errors = predict(args, capsys, caplog)
+    rc, _, stderr, errors = predict(args, capsys, caplog)
     assert rc == 1 and len(errors) == 1 and "exists already; pass --overwrite" in errors[0].getMessage()
-    assert pred.read_bytes() == before and summary(out)[0]["status"] == "error"
+    assert f"failed: {src}: " in stderr and "exists already" in stderr  # the reason, under the count line
+    # the refused rerun leaves the first run's output, and the summary keeps describing it
+    assert pred.read_bytes() == before and summary(out)[0]["status"] == "ok" and len(summary(out)) == 1
     rc, stdout, *_ = predict([*args, "--skip-existing"], capsys, caplog)
-    assert rc == 0 and "1 skipped" in stdout and summary(out)[0]["status"] == "skipped"
+    assert rc == 0 and "1 skipped" in stdout and summary(out)[0]["status"] == "ok"
     rc, *_ = predict([*args, "--overwrite"], capsys, caplog)
     assert rc == 0 and summary(out)[0]["status"] == "ok"
     # a resumed batch keeps the row of the run that made the output
@@ -351,3 +353,21 @@ def test_report_with_a_model_saves_its_prediction(tmp_path, pkg, capsys):
     rc = main(["report", "--signal", str(src), "--model", str(pkg), "--out", str(tmp_path / "r2")])
     err = capsys.readouterr().err
     assert rc == 1 and err.strip().splitlines() == [err.strip()] and "2 channels" in err and "--channel" in err
+
+
+def test_a_failed_row_replaces_an_ok_row_only_when_its_output_is_gone(tmp_path, pkg, capsys, caplog):
+    src = one_channel(tmp_path / "cell.ome.tif")
+    out = tmp_path / "out"
+    args = ["--model", str(pkg), str(src), "--out", str(out)]
+    assert predict(args, capsys, caplog)[0] == 0
+    (out / "cell_prediction.ome.tif").unlink()
+    src.write_bytes(b"not a tiff any more")
+    assert predict(args, capsys, caplog)[0] == 1
+    assert summary(out)[0]["status"] == "error"  # nothing of the first run is left to describe
+
+
+def test_inputs_swallowed_by_target_get_a_hint(tmp_path, pkg, capsys):
+    src = one_channel(tmp_path / "cell.ome.tif")
+    rc = main(["predict", "--model", str(pkg), "--out", str(tmp_path / "o"), "--target", str(src), str(src)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "put the input images before --target" in err and len(err.strip().splitlines()) == 1

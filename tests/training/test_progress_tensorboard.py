@@ -184,3 +184,18 @@ def test_tensorboard_without_tensorboardx_says_how_to_install(config_path, tmp_p
     config = load_run_config(config_path).model_copy(update={"tensorboard": True})
     with pytest.raises(ConfigError, match=r"pip install 'labelfree-jax\[tensorboard\]'"):
         train(config, tmp_path / "run", progress=False)
+
+
+def test_a_run_shorter_than_its_warmup_is_a_warning(caplog):
+    import logging
+
+    from labelfree_jax.training.config import RunConfig
+    from labelfree_jax.training.fit import _warn_about_the_schedule
+
+    with caplog.at_level(logging.WARNING, logger="labelfree_jax"):
+        _warn_about_the_schedule(RunConfig.model_validate({"steps": 40, "schedule": {"warmup_steps": 100}}))
+    assert "never leaves its warm-up" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="labelfree_jax"):
+        _warn_about_the_schedule(RunConfig.model_validate({"steps": 400, "schedule": {"warmup_steps": 100}}))
+    assert caplog.text == ""
