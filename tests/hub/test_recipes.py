@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import labelfree_jax
 from labelfree_jax.cli import main
 from labelfree_jax.core.errors import ConfigError, InputError
 from labelfree_jax.hub import recipes, zoo
