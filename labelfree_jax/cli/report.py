@@ -49,6 +49,9 @@ def register(subparsers) -> None:
                         help="noise variance of the target (raw units squared; comma-separated per channel) "
                              "or 'auto' to estimate it; adds C_max to the metrics")
     parser.add_argument("--title", help="report title")
+    parser.add_argument("--region", metavar="AXIS=START:STOP[,...]",
+                        help="report on this region only, e.g. x=384:512 (a held-out part of the image; pixels, "
+                             "stop excluded); the model, if any, still predicts the whole image first")
     parser.set_defaults(func=run)
 
 
@@ -81,6 +84,20 @@ def _save_prediction(model, image, channel: str, prediction, path: Path, warning
     write_prediction(path, prediction, image, model, provenance=provenance)
 
 
+def _region(text: str) -> dict[str, tuple[int, int]]:
+    """``"x=384:512,y=0:256"`` -> ``{"x": (384, 512), "y": (0, 256)}``; InputError when malformed."""
+    from labelfree_jax.core.errors import InputError
+
+    region = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        axis, _, bounds = part.partition("=")
+        start, _, stop = bounds.partition(":")
+        if axis.strip().lower() not in ("z", "y", "x") or not start.strip().isdigit() or not stop.strip().isdigit():
+            raise InputError(f"--region {text!r}: expected AXIS=START:STOP pieces such as x=384:512 (axes z, y, x)")
+        region[axis.strip().lower()] = (int(start), int(stop))
+    return region
+
+
 def run(args: argparse.Namespace) -> int:
     from labelfree_jax.core.errors import InputError
     from labelfree_jax.evaluation.report import write_report
@@ -106,20 +123,29 @@ def run(args: argparse.Namespace) -> int:
         prediction = read_image(args.prediction, channels=_channels(args.prediction_channel), axes=args.axes).data
         pred_name = str(args.prediction)
 
+    signal_data, target_data = signal.data, target.data if target is not None else None
+    if args.region:
+        from labelfree_jax.training.datasets import crop_region
+
+        region = _region(args.region)
+        signal_data = crop_region(signal_data, region, what=str(args.signal))
+        target_data = crop_region(target_data, region, what=str(args.target)) if target_data is not None else None
+        prediction = crop_region(prediction, region, what=pred_name)
     names = {"signal": str(args.signal), "prediction": pred_name}
     if args.target:
         names["target"] = str(args.target)
     pixel_sizes = signal.pixel_sizes or (target.pixel_sizes if target is not None else None)
     path = write_report(
         out,
-        signal=signal.data,
-        target=target.data if target is not None else None,
+        signal=signal_data,
+        target=target_data,
         prediction=prediction,
         names=names,
         pixel_sizes=pixel_sizes,
         noise_variance=noise,
         normalize=args.normalize,
-        title=args.title,
+        title=(f"{args.title} (region {args.region})" if args.title else f"region {args.region}") if args.region
+        else args.title,
         warnings=warnings,
         prediction_file=pred_path.name if args.model else None,
     )

@@ -194,3 +194,24 @@ def test_report_lists_warnings(data, tmp_path):
                         warnings=["unknown pixel size: the package records none"])
     assert "## Warnings\n\n- unknown pixel size: the package records none\n" in path.read_text()
     assert json.loads((tmp_path / METRICS_FILE).read_text())["warnings"] == ["unknown pixel size: the package records none"]
+
+
+def test_cli_region_reports_on_the_held_out_part_only(data, tmp_path, capsys):
+    signal, target, prediction = data
+    prediction = prediction.copy()
+    x_split = target.shape[-1] // 2
+    prediction[:, :, :, :x_split] = 0.0  # a useless left half: the region must leave it out
+    for name, arr in (("s", signal), ("t", target[:1]), ("p", prediction[:1])):
+        _write_ome(tmp_path / f"{name}.ome.tif", arr)
+    out = tmp_path / "rep"
+    rc = main(["report", "--signal", str(tmp_path / "s.ome.tif"), "--target", str(tmp_path / "t.ome.tif"),
+               "--prediction", str(tmp_path / "p.ome.tif"), "--out", str(out), "--region", f"x={x_split}:{target.shape[-1]}"])
+    assert rc == 0
+    record = json.loads((out / METRICS_FILE).read_text())
+    held = np.corrcoef(prediction[0][..., x_split:].ravel(), target[0][..., x_split:].ravel())[0, 1]
+    assert record["channels"][0]["pearson_r"] == pytest.approx(held, abs=1e-6)
+    assert "region x=" in (out / REPORT_FILE).read_text()
+    capsys.readouterr()
+    assert main(["report", "--signal", str(tmp_path / "s.ome.tif"), "--prediction", str(tmp_path / "p.ome.tif"),
+                 "--out", str(out), "--region", "w=1:2"]) == 1
+    assert "expected AXIS=START:STOP" in capsys.readouterr().err
