@@ -251,9 +251,14 @@ def plan_layout(
     )
 
 
-def too_small_message(path: Path | None, shape: tuple[int, ...], axes: str) -> str:
-    """The one-line refusal of an image whose Y or X is shorter than :data:`MIN_SPATIAL_SIZE`."""
+def too_small_message(path: Path | None, shape: tuple[int, ...], axes: str, *, subject: str = "the image",
+                      axes_label: str = "axes") -> str:
+    """The one-line refusal of an image whose Y or X is shorter than :data:`MIN_SPATIAL_SIZE`.
+
+    One message for every reader (TIFF, CZI, OME-Zarr); ``subject`` names the part of the file
+    (e.g. ``"scene 'A1'"``), ``axes_label`` what ``axes`` are (e.g. ``"tifffile axes"``).
+    """
     return (
-        f"{where(path)}: the image is too small to predict on or train with: shape {shape} (axes {axes}); "
+        f"{where(path)}: {subject} is too small to predict on or train with: shape {shape} ({axes_label} {axes}); "
         f"Y and X need at least {MIN_SPATIAL_SIZE} pixels each"
     )

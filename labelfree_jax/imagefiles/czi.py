@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from labelfree_jax.core.errors import InputError
-from labelfree_jax.imagefiles.axes import MIN_SPATIAL_SIZE, to_um
+from labelfree_jax.imagefiles.axes import MIN_SPATIAL_SIZE, to_um, too_small_message
 from labelfree_jax.imagefiles.info import (
     SceneInfo,
     check_allocation,
@@ -144,10 +144,7 @@ def _scenes(reader: Any, path: Path) -> list[tuple[SceneInfo, int | None]]:
         axes = "CZYX" if dims["Z"] > 1 else "CYX"
         shape = (n_c, *spatial)
         if min(shape[-2:]) < MIN_SPATIAL_SIZE:
-            raise InputError(
-                f"{path}: scene {names[i]!r} is too small to predict on or train with: shape {shape} (axes {axes}); "
-                f"Y and X need at least {MIN_SPATIAL_SIZE} pixels each"
-            )
+            raise InputError(too_small_message(path, shape, axes, subject=f"scene {names[i]!r}"))
         pixel_sizes = {k: float(v) for k in axes[1:].lower() if (v := ps.get(k)) is not None} or None
         info = SceneInfo(
             index=i,

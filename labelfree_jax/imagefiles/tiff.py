@@ -28,7 +28,14 @@ import numpy as np
 import tifffile
 
 from labelfree_jax.core.errors import InputError
-from labelfree_jax.imagefiles.axes import MIN_SPATIAL_SIZE, Layout, plan_layout, to_um, validate_axes_arg
+from labelfree_jax.imagefiles.axes import (
+    MIN_SPATIAL_SIZE,
+    Layout,
+    plan_layout,
+    to_um,
+    too_small_message,
+    validate_axes_arg,
+)
 from labelfree_jax.imagefiles.info import (
     SceneInfo,
     check_allocation,
@@ -241,10 +248,8 @@ def _describe_series(tif: tifffile.TiffFile, i: int, name: str, image: OmeImage 
     shape = tuple(int(s) for s in series.shape)
     kf = series.keyframe
     if axes is None and min(int(kf.imagelength), int(kf.imagewidth)) < MIN_SPATIAL_SIZE:
-        raise InputError(
-            f"{path}: {label}the image is too small to predict on or train with: shape {shape} (tifffile axes "
-            f"{series.axes}); Y and X need at least {MIN_SPATIAL_SIZE} pixels each"
-        )
+        raise InputError(too_small_message(path, shape, series.axes, subject=f"{label}the image",
+                                           axes_label="tifffile axes"))
     if axes is not None:
         layout = plan_layout(shape, validate_axes_arg(axes, shape, path), path, user_axes=True)
     else:

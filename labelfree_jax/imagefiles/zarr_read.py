@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from labelfree_jax.core.errors import InputError
-from labelfree_jax.imagefiles.axes import MIN_SPATIAL_SIZE, to_um
+from labelfree_jax.imagefiles.axes import MIN_SPATIAL_SIZE, to_um, too_small_message
 from labelfree_jax.imagefiles.info import SceneInfo, check_allocation, choose_scene, choose_time, pixel_size_notes
 
 __all__ = [
@@ -257,8 +257,7 @@ def _scene_unchecked(path: Path, version: str, index: int, name: str) -> tuple[S
     axes = "CZYX" if size.get("Z", 1) > 1 else "CYX"
     out_shape = (size.get("C", 1), *(size[a] for a in axes[1:]))
     if min(out_shape[-2:]) < MIN_SPATIAL_SIZE:
-        raise InputError(f"{path}: too small to predict on or train with: shape {out_shape} (axes {axes}); "
-                         f"Y and X need at least {MIN_SPATIAL_SIZE} pixels each")
+        raise InputError(too_small_message(path, out_shape, axes))
     size_notes: list[str] = []
     pixel_sizes = _pixel_sizes(axes_meta, letters, _scale(meta, multiscale, len(shape)), axes[1:], size_notes)
     names = meta.get("channel_names")

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from labelfree_jax.core.errors import InputError
+from labelfree_jax.imagefiles.axes import MIN_SPATIAL_SIZE
 
 __all__ = ["CONTRAST_FACTOR", "LEVEL_MARGIN_STDS", "check_size", "input_warnings", "intensity_warnings"]
 
@@ -38,8 +39,8 @@ __all__ = ["CONTRAST_FACTOR", "LEVEL_MARGIN_STDS", "check_size", "input_warnings
 LEVEL_MARGIN_STDS = 3.0
 #: The input standard deviation may differ from the training one by up to this factor.
 CONTRAST_FACTOR = 10.0
-#: Fewest pixels along Y and X that a prediction makes sense on.
-MIN_PLANE_SIDE = 2
+#: Fewest pixels along Y and X that a prediction makes sense on: the readers' own limit.
+MIN_PLANE_SIDE = MIN_SPATIAL_SIZE
 
 _NORMALISING = ("normalize", "norm_around_center")
 
