@@ -20,19 +20,6 @@ from tests.hub_server import FakeHub, guard_sockets, isolate_hf, random_variable
 
 
 @pytest.fixture(scope="module")
-def fake_hub():
-    with FakeHub() as server:
-        yield server
-
-
-@pytest.fixture()
-def cache(monkeypatch, tmp_path):
-    cache = isolate_hf(monkeypatch, tmp_path)
-    guard_sockets(monkeypatch, allow_loopback=True)
-    return cache
-
-
-@pytest.fixture(scope="module")
 def tiny_package(tmp_path_factory):
     net = NetworkConfig(ndim=2, depth=1, mult_chan=2)
     config = PackageConfig(

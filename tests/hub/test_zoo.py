@@ -19,26 +19,13 @@ from labelfree_jax.inference.model import load_package
 from labelfree_jax.models.config import NetworkConfig, PackageConfig
 from labelfree_jax.models.package import save_package
 from labelfree_jax.transforms import transform_from_dict
-from tests.hub_server import FakeHub, guard_sockets, isolate_hf, random_variables, set_offline
+from tests.hub_server import guard_sockets, random_variables, set_offline
 
 REPO = Path(__file__).resolve().parents[2]
 ZOO_DIR = REPO / "zoo"
 #: The structures of the original work (Ounkomol et al. 2018) and the two DIC variants.
 STRUCTURES = ("dna", "lamin_b1", "membrane", "fibrillarin", "tom20", "sec61_beta", "st6gal1", "alpha_tubulin",
               "beta_actin", "desmoplakin", "myosin_iib", "zo1", "dic_lamin_b1", "dic_membrane")
-
-
-@pytest.fixture(scope="module")
-def fake_hub():
-    with FakeHub() as server:
-        yield server
-
-
-@pytest.fixture()
-def cache(monkeypatch, tmp_path):
-    cache = isolate_hf(monkeypatch, tmp_path)
-    guard_sockets(monkeypatch, allow_loopback=True)
-    return cache
 
 
 @pytest.fixture(scope="module")
