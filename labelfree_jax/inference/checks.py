@@ -32,6 +32,7 @@ import numpy as np
 
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.imagefiles.axes import MIN_SPATIAL_SIZE
+from labelfree_jax.transforms.base import spatial_names
 
 __all__ = ["CONTRAST_FACTOR", "LEVEL_MARGIN_STDS", "check_size", "input_warnings", "intensity_warnings"]
 
@@ -43,10 +44,6 @@ CONTRAST_FACTOR = 10.0
 MIN_PLANE_SIDE = MIN_SPATIAL_SIZE
 
 _NORMALISING = ("normalize", "norm_around_center")
-
-
-def _names(n: int) -> tuple[str, ...]:
-    return ("z", "y", "x")[-n:]
 
 
 def check_size(shape: Sequence[int]) -> None:
@@ -66,7 +63,7 @@ def check_size(shape: Sequence[int]) -> None:
 def _size_warnings(spatial: Sequence[int], nd: int, depth: int) -> list[str]:
     out = []
     m = 2**depth
-    for a, side in zip(_names(nd), spatial):
+    for a, side in zip(spatial_names(nd), spatial):
         if nd == 3 and a == "z" and side == 1:
             out.append("a single z-plane was given to a 3D model: predicted as a 1-slice stack (the network was "
                        "trained on z-stacks)")

@@ -53,6 +53,7 @@ from labelfree_jax.inference.tile_policy import (
 )
 from labelfree_jax.inference.tiling import BLEND_KINDS, predict_tiled
 from labelfree_jax.transforms import Pipeline, validate_image_array
+from labelfree_jax.transforms.base import spatial_names
 from labelfree_jax.transforms.pixel_size import resolve_resize
 
 __all__ = ["predict_array"]
@@ -152,7 +153,7 @@ def _predict_working_grid(
 def _working_pipeline(config, spatial: tuple[int, ...], pixel_sizes) -> tuple[Pipeline, list[str]]:
     """The signal pipeline for this input (resize from its pixel sizes) and the assumptions made."""
     working = dict(getattr(config, "pixel_size_um", None) or {})
-    names = ("z", "y", "x")[-len(spatial):]
+    names = spatial_names(len(spatial))
     sizes = {k: v for k, v in (pixel_sizes or {}).items() if k in names and v is not None}
     for axis, side in zip(names, spatial):
         if side == 1 and axis in working:

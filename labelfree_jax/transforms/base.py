@@ -17,7 +17,7 @@ from pydantic import Field
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.core.schema import StrictModel
 
-__all__ = ["InverseInfo", "validate_image_array"]
+__all__ = ["InverseInfo", "spatial_names", "validate_image_array"]
 
 # Numbers in transform configs are taken as they are: no "16" → 16 or True → 1 coercion.
 _Float = Annotated[float, Field(strict=True)]
@@ -56,7 +56,7 @@ def validate_image_array(x: Any, *, what: str = "input") -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _spatial_names(n_spatial: int) -> tuple[str, ...]:
+def spatial_names(n_spatial: int) -> tuple[str, ...]:
     """Axis letters of ``n_spatial`` spatial axes: ``("y", "x")`` or ``("z", "y", "x")``."""
     return _SPATIAL_NAMES[n_spatial]
 

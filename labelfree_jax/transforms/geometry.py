@@ -16,14 +16,14 @@ import scipy.ndimage
 from pydantic import Field, field_validator, model_validator
 
 from labelfree_jax.core.errors import InputError
-from labelfree_jax.transforms.base import InverseInfo, _Float, _spatial_names, _TransformBase
+from labelfree_jax.transforms.base import InverseInfo, _Float, _TransformBase, spatial_names
 
 __all__ = ["CropToMultiple", "PadToMultiple", "Resize"]
 
 
 def _selected_axes(axes: tuple[str, ...] | None, n_spatial: int) -> list[int]:
     """Indices (into the spatial axes) that a pad/crop acts on; absent letters are ignored."""
-    names = _spatial_names(n_spatial)
+    names = spatial_names(n_spatial)
     if axes is None:
         return list(range(n_spatial))
     return [i for i, n in enumerate(names) if n in axes]
@@ -46,7 +46,7 @@ def _zoom_to_shape(x: np.ndarray, out_shape: Sequence[int], order: int) -> np.nd
 
 
 def _pixel_size_tuple(pixel_sizes: Mapping[str, float] | None, n_spatial: int, what: str) -> tuple[float, ...]:
-    names = _spatial_names(n_spatial)
+    names = spatial_names(n_spatial)
     if pixel_sizes is None:
         raise InputError(
             f"{what}: the image has no pixel sizes in its metadata; give source_pixel_size "
@@ -132,7 +132,7 @@ class Resize(_TransformBase):
             if len(target) != n_spatial:
                 raise InputError(
                     f"resize: target_pixel_size {target} has {len(target)} values but the image has "
-                    f"{n_spatial} spatial axes ({''.join(_spatial_names(n_spatial)).upper()})"
+                    f"{n_spatial} spatial axes ({''.join(spatial_names(n_spatial)).upper()})"
                 )
             if self.source_pixel_size is not None:
                 source = self.source_pixel_size
@@ -143,7 +143,7 @@ class Resize(_TransformBase):
         if len(factors) != n_spatial:
             raise InputError(
                 f"resize: {what} has {len(factors)} values but the image has {n_spatial} spatial "
-                f"axes ({''.join(_spatial_names(n_spatial)).upper()})"
+                f"axes ({''.join(spatial_names(n_spatial)).upper()})"
             )
         return tuple(float(f) for f in factors)
 
@@ -249,7 +249,7 @@ class CropToMultiple(_TransformBase):
 
     def crop_width(self, spatial_shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
         """``(before, after)`` pixels removed per spatial axis."""
-        names = _spatial_names(len(spatial_shape))
+        names = spatial_names(len(spatial_shape))
         sel = _selected_axes(self.axes, len(spatial_shape))
         out = []
         for i, s in enumerate(spatial_shape):

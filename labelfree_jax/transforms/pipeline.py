@@ -15,7 +15,7 @@ import numpy as np
 
 from labelfree_jax.core.errors import ConfigError, InputError
 from labelfree_jax.core.schema import StrictModel
-from labelfree_jax.transforms.base import InverseInfo, _spatial_names, validate_image_array
+from labelfree_jax.transforms.base import InverseInfo, spatial_names, validate_image_array
 from labelfree_jax.transforms.geometry import Resize
 from labelfree_jax.transforms.registry import Transform, transform_from_dict
 
@@ -90,7 +90,7 @@ class Pipeline(StrictModel):
             arr, info = step._apply(arr, ps)
             infos.append(info)
             if isinstance(step, Resize) and ps is not None:
-                names = _spatial_names(arr.ndim - 1)
+                names = spatial_names(arr.ndim - 1)
                 factors = [o / i for o, i in zip(info.shape_out, info.shape_in)]
                 ps = {**ps, **{n: ps[n] / f for n, f in zip(names, factors) if n in ps}}
         return arr.astype(np.float32, copy=False), PipelineState(tuple(infos), input_shape, tuple(arr.shape))
@@ -131,7 +131,7 @@ class Pipeline(StrictModel):
         for step in self.steps:
             new = step.output_spatial_shape(shape, pixel_sizes=ps)
             if isinstance(step, Resize) and ps is not None:
-                names = _spatial_names(len(shape))
+                names = spatial_names(len(shape))
                 ps = {**ps, **{n: ps[n] * i / o for n, i, o in zip(names, shape, new) if n in ps}}
             shape = new
         return shape

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from labelfree_jax.transforms.base import _spatial_names
+from labelfree_jax.transforms.base import spatial_names
 from labelfree_jax.transforms.geometry import Resize
 from labelfree_jax.transforms.pipeline import Pipeline
 from labelfree_jax.transforms.registry import Transform
@@ -115,7 +115,7 @@ def resolve_resize(
         unchanged when nothing needs changing) and the assumptions made, as sentences.
     """
     steps = tuple(transforms.steps if isinstance(transforms, Pipeline) else transforms)
-    names = _spatial_names(n_spatial)
+    names = spatial_names(n_spatial)
     work = _known(working_pixel_size, names)
     image = _known(input_pixel_sizes, names)
     fixed = [i for i, s in enumerate(steps) if isinstance(s, Resize) and s.zoom is not None]
