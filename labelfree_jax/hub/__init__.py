@@ -20,8 +20,7 @@ that importing a submodule (e.g. :mod:`.allen_data`) imports nothing else.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from labelfree_jax.core.lazy import lazy_exports
 
 #: name -> the module that defines it (imported on first use).
 _EXPORTS = {
@@ -74,13 +73,4 @@ __all__ = [
     "verify_file",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'labelfree_jax.hub' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

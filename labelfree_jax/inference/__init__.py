@@ -21,8 +21,7 @@ May import core, imagefiles, transforms, models and evaluation.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from labelfree_jax.core.lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("Model", "load_package"), "model"),
@@ -88,12 +87,4 @@ __all__ = [
     "write_prediction",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -24,8 +24,7 @@ May import core, imagefiles, transforms, models and evaluation.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from labelfree_jax.core.lazy import lazy_exports
 
 _LAZY = {
     # config
@@ -127,13 +126,4 @@ __all__ = [
     "train_step",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'labelfree_jax.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"labelfree_jax.training.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
