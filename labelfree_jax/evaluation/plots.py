@@ -74,6 +74,16 @@ def _binary_rgba(rgb: np.ndarray, gaps: np.ndarray, corner: np.ndarray) -> np.nd
     return rgba
 
 
+def _observed_and_predicted(target: Any, prediction: Any, spatial_dims: int | None,
+                            what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as ``(C, Z, Y, X)``, checked to share their spatial shape and channel count."""
+    t = as_czyx(target, spatial_dims, "target")
+    p = as_czyx(prediction, spatial_dims, "prediction")
+    same_spatial(("target", t), ("prediction", p))
+    same_channels(t, p, what)
+    return t, p
+
+
 def _view(vol: np.ndarray, projection: str, zs: int) -> np.ndarray:
     return orthogonal_views(vol, projection=projection, z_scale=zs)
 
@@ -179,10 +189,7 @@ def plot_difference_maps(
     """
     from matplotlib import colormaps
 
-    t = as_czyx(target, spatial_dims, "target")
-    p = as_czyx(prediction, spatial_dims, "prediction")
-    same_spatial(("target", t), ("prediction", p))
-    same_channels(t, p, "plot_difference_maps")
+    t, p = _observed_and_predicted(target, prediction, spatial_dims, "plot_difference_maps")
     zs = z_scale(pixel_sizes)
     diffs = [_view(t[c] - p[c], "slice", zs) for c in range(t.shape[0])]
     shown = np.concatenate([np.abs(d[np.isfinite(d)]) for d in diffs])
@@ -227,10 +234,7 @@ def plot_otsu_binaries(
     white means foreground, so the thin gaps between the views are blue; the empty corner
     beside the side views is left blank (the figure's background), as in the other figures.
     """
-    t = as_czyx(target, spatial_dims, "target")
-    p = as_czyx(prediction, spatial_dims, "prediction")
-    same_spatial(("target", t), ("prediction", p))
-    same_channels(t, p, "plot_otsu_binaries")
+    t, p = _observed_and_predicted(target, prediction, spatial_dims, "plot_otsu_binaries")
     zs = z_scale(pixel_sizes)
     n = t.shape[0]
     rows = []
@@ -275,10 +279,7 @@ def plot_masked_observed(
     Columns: observed, predicted Otsu mask, observed × mask (zero outside the mask); one row
     per channel. Masking is done on the full image/volume, then ``projection`` views are shown.
     """
-    t = as_czyx(target, spatial_dims, "target")
-    p = as_czyx(prediction, spatial_dims, "prediction")
-    same_spatial(("target", t), ("prediction", p))
-    same_channels(t, p, "plot_masked_observed")
+    t, p = _observed_and_predicted(target, prediction, spatial_dims, "plot_masked_observed")
     zs = z_scale(pixel_sizes)
     n = t.shape[0]
     rows = []
