@@ -108,8 +108,7 @@ def prepare_run_dir(run_dir: Path) -> None:
     """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
-            pass
+        tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-").close()  # created, then deleted
     except OSError as err:
         raise RunDirectoryError(
             f"{run_dir}: cannot write the run directory: {err.strerror or err}; choose another run directory"
