@@ -18,6 +18,13 @@ Usage::
     python scripts/benchmark_accuracy.py --dataset allen_fnet2017_crop
     python scripts/benchmark_accuracy.py --dataset cohen_frm
     python scripts/benchmark_accuracy.py --table-only
+    python scripts/benchmark_accuracy.py --dataset cohen_frm --recipe modern   # the ConvNeXt U-Net recipe
+
+``--recipe fnet`` (default) is the 2018 network with the recipe the sweep chose; ``--recipe modern``
+is the same data, split and time cap with the ConvNeXt U-Net (``architecture: "unext"``; 2.5D for
+the isl z-stack), percentile normalisation, signal intensity augmentations, L1 + MS-SSIM and an EMA
+of the weights (:data:`MODERN`). Each row records the training process's CPU seconds as well as its
+wall time, so rows measured on a busy machine can still be compared at equal CPU time.
 
 Seeds are fixed in the configs, so a row is reproducible from its command.
 """
@@ -28,6 +35,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,6 +61,39 @@ REFERENCES = {
 }
 
 NORMALIZE = [{"name": "normalize"}]
+PERCENTILE = [{"name": "normalize_percentile", "low": 1.0, "high": 99.8}]
+
+#: The modern recipe (issue 16): per dataset, the run-config fields that replace the fnet recipe's.
+#: Intensity augmentations act on the signal only (robustness to imaging conditions).
+_ROBUST_AUGMENTATION = {
+    "scale_shift": {"probability": 0.5, "scale": [0.8, 1.2], "shift": [-0.1, 0.1]},
+    "gamma": {"probability": 0.3, "range": [0.8, 1.25]},
+    "noise": {"probability": 0.2, "sd": [0.0, 0.03]},
+}
+MODERN: dict[str, dict] = {
+    "cohen_frm": {
+        "model": {"architecture": "unext", "ndim": 2, "depth": 3, "in_channels": 1, "out_channels": 1,
+                  "base_channels": 16},
+        "schedule": {"name": "constant"},
+        "augmentation": {"flip": True, "rotate90": False, **_ROBUST_AUGMENTATION},
+    },
+    "isl_condition_b": {
+        "model": {"architecture": "unext", "ndim": 2, "depth": 3, "in_channels": 13, "out_channels": 3,
+                  "base_channels": 16, "unext": {"stack_depth": 13}},
+        "augmentation": {"flip": True, "rotate90": True, **_ROBUST_AUGMENTATION},
+    },
+    "allen_fnet2017_crop": {
+        "model": {"architecture": "unext", "ndim": 3, "depth": 3, "in_channels": 1, "out_channels": 1,
+                  "base_channels": 16},
+        "augmentation": {"flip": True, "rotate90": True, **_ROBUST_AUGMENTATION},
+    },
+}
+MODERN_COMMON = {
+    "signal_transforms": PERCENTILE,
+    "target_transforms": PERCENTILE,
+    "loss": {"name": "l1_ms_ssim"},
+    "ema": {"decay": 0.99},
+}
 
 
 def _dataset_specs(minutes: float) -> dict[str, dict]:
@@ -123,9 +164,9 @@ def _dataset_specs(minutes: float) -> dict[str, dict]:
     }
 
 
-def write_run_config(name: str, spec: dict, work: Path) -> Path:
-    """Manifest + run config for training on the train region only."""
-    folder = work / name
+def write_run_config(name: str, spec: dict, work: Path, recipe: str = "fnet", steps: int | None = None) -> Path:
+    """Manifest + run config for training on the train region only (``recipe``: ``fnet`` or ``modern``)."""
+    folder = work / name if recipe == "fnet" else work / f"{name}-{recipe}"
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "train.csv"
     manifest.write_text(f"path_signal,path_target\n{spec['signal']},{spec['target']}\n")
@@ -149,6 +190,12 @@ def write_run_config(name: str, spec: dict, work: Path) -> Path:
         "seed": 0,
         **spec["config"],
     }
+    if recipe == "modern":
+        config.update(MODERN_COMMON)
+        config.update(MODERN[name])
+        config["name"] = f"{name}-benchmark-modern"
+    if steps:
+        config["steps"] = steps
     path = folder / "train.json"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -184,10 +231,10 @@ def evaluate_run(name: str, spec: dict, package_dir: Path, tta: bool = False) ->
     return rows
 
 
-def run_dataset(name: str, minutes: float, work: Path) -> list[dict]:
+def run_dataset(name: str, minutes: float, work: Path, recipe: str = "fnet", steps: int | None = None) -> list[dict]:
     spec = _dataset_specs(minutes)[name]
-    config_path = write_run_config(name, spec, work)
-    run_dir = work / name / "run"
+    config_path = write_run_config(name, spec, work, recipe, steps)
+    run_dir = config_path.parent / "run"
     if run_dir.exists():
         # every benchmark run trains from scratch; the previous one is kept next to it until the next
         previous = run_dir.with_name("run.previous")
@@ -198,27 +245,34 @@ def run_dataset(name: str, minutes: float, work: Path) -> list[dict]:
                "--max-seconds", str(int(spec["max_seconds"]))]
     log.info("running: %s", " ".join(command))
     t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, check=True, cwd=REPO)
     train_seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    train_cpu_seconds = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     summary = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
     tta = spec.get("tta", False)
     rows = evaluate_run(name, spec, run_dir / "package", tta=tta)
-    shown_command = f"python scripts/benchmark_accuracy.py --dataset {name} --minutes {minutes:g}"
+    shown_command = (f"python scripts/benchmark_accuracy.py --dataset {name} --minutes {minutes:g}"
+                     + (f" --recipe {recipe}" if recipe != "fnet" else "") + (f" --steps {steps}" if steps else ""))
     for row in rows:
         row.update(tta=tta, train_minutes=train_seconds / 60, steps=summary.get("steps"), command=shown_command,
+                   recipe=recipe, train_cpu_minutes=train_cpu_seconds / 60,
                    reference=REFERENCES.get((name, row["target"]), "—"))
     return rows
 
 
 def write_table(results: list[dict], path: Path) -> str:
     lines = [
-        "| dataset | target | Pearson r (test) | SSIM | NRMSE | reference r | whole-field r | train wall time | steps | command |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | target | recipe | Pearson r (test) | SSIM | NRMSE | reference r | whole-field r | train wall time | train CPU time | steps | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        cpu = f"{r['train_cpu_minutes']:.1f} min" if r.get("train_cpu_minutes") is not None else "—"
         lines.append(
-            f"| {r['dataset']} | {r['target']} | **{r['pearson_r']:.3f}**{' (flip TTA)' if r.get('tta') else ''} | {r['ssim']:.3f} | {r['nrmse']:.3f} | "
-            f"{r['reference']} | {r['whole_r']:.3f} | {r['train_minutes']:.1f} min | {r.get('steps')} | "
+            f"| {r['dataset']} | {r['target']} | {r.get('recipe', 'fnet')} | **{r['pearson_r']:.3f}**{' (flip TTA)' if r.get('tta') else ''} | "
+            f"{r['ssim']:.3f} | {r['nrmse']:.3f} | "
+            f"{r['reference']} | {r['whole_r']:.3f} | {r['train_minutes']:.1f} min | {cpu} | {r.get('steps')} | "
             f"`{r['command']}` |"
         )
     table = "\n".join(lines)
@@ -240,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "benchmark_accuracy")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table from results.json")
+    parser.add_argument("--recipe", choices=("fnet", "modern"), default="fnet",
+                        help="fnet: the 2018 network and the sweep's recipe; modern: ConvNeXt U-Net + robust training")
+    parser.add_argument("--steps", type=int, help="override the recipe's step count (the time cap still applies)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not DATA.is_dir():
@@ -250,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     if not args.table_only:
         for name in args.dataset or []:
-            rows = run_dataset(name, args.minutes, args.work)
-            results = [r for r in results if r["dataset"] != name] + rows
+            rows = run_dataset(name, args.minutes, args.work, args.recipe, args.steps)
+            results = [r for r in results
+                       if (r["dataset"], r.get("recipe", "fnet")) != (name, args.recipe)] + rows
             results_path.write_text(json.dumps(results, indent=2))
     print(write_table(results, args.docs))
     return 0

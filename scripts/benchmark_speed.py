@@ -14,6 +14,12 @@ shared; the load average is printed. Also printed: compile time, peak RSS growth
 phase, the machine's measured peak FLOP/s (large fp32 matmul, best of JAX and PyTorch), the
 network's FLOPs per voxel (from the layer shapes) and the resulting ceiling in Mvox/s.
 
+Each task runs in float32 and bfloat16 (``--dtype both``, the default; JAX: network dtype
+bf16 with float32 parameters; PyTorch: ``torch.autocast``), all interleaved, with the ratio per
+precision and best against best; the header prints the CPU model and its avx512f /
+avx512_bf16 / amx_bf16 / amx_tile flags. ``--accuracy-package`` adds the Pearson r of JAX's
+bf16 prediction against float32 with a trained package on a real image.
+
 ``--layers`` adds a per-layer table: every distinct stride-1 3×3×3 convolution of the net at
 the predict and train shapes, each ``conv_same`` formulation against ``torch.nn.functional.conv3d``
 (forward; forward + both gradients), in GFLOP/s.
@@ -114,7 +120,7 @@ def peak_flops(repeats: int = 5, n: int = 4096, device: str = "cpu", dtype: str 
     import torch
 
     a = jnp.ones((n, n), getattr(jnp, dtype))
-    f = jax.jit(lambda a: a @ a)
+    f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))  # bf16: f32 accumulation
     f(a).block_until_ready()
     ta = torch.ones(n, n, device=device, dtype=getattr(torch, dtype))
     best = {"jax": 0.0, "torch": 0.0}
@@ -159,8 +165,51 @@ class Timer:
         return float(np.median(self.wall))
 
 
-def build(args):
-    """The two networks with the same weights, and their predict/train callables."""
+def cpu_flags() -> str:
+    """lscpu's model name and the CPU flags that decide bf16 speed (absent ones say "no")."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return f"{model}; " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in wanted)
+
+
+def accuracy_check(package: str, image: str) -> str:
+    """Pearson r of the JAX prediction in bfloat16 against float32 (same trained package, real image).
+
+    ``image``: a single-channel 3D TIFF (Z, Y, X); z-scored, cropped to a multiple of ``2**depth``.
+    """
+    import jax
+    import jax.numpy as jnp
+    import tifffile
+
+    from labelfree_jax.evaluation.metrics import pearson_r
+    from labelfree_jax.models.fnet import build_network
+    from labelfree_jax.models.package import read_package
+
+    config, variables = read_package(package)
+    net_cfg = config.network
+    x = np.asarray(tifffile.imread(image), np.float32)
+    m = 2**net_cfg.depth
+    x = x[tuple(slice(0, s - s % m) for s in x.shape)]
+    x = (x - x.mean()) / x.std()
+    xj = jnp.asarray(x[None, ..., None])
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        net = build_network(net_cfg, dtype=jnp.bfloat16 if dtype == "bfloat16" else None)
+        out[dtype] = np.asarray(jax.jit(lambda v, x, net=net: net.apply(v, x, train=False))(variables, xj), np.float32)
+    r = pearson_r(out["bfloat16"].ravel(), out["float32"].ravel())
+    rel = float(np.abs(out["bfloat16"] - out["float32"]).max() / out["float32"].std())
+    return (f"accuracy: JAX predict bf16 vs fp32 on {image} {x.shape} with {package} "
+            f"(depth {net_cfg.depth}, {net_cfg.mult_chan} channels): r = {r:.6f}, max |diff| / SD = {rel:.2e}")
+
+
+def build(args, dtype: str):
+    """The two networks with the same weights, and their predict/train callables in ``dtype``."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -177,8 +226,8 @@ def build(args):
     tnet = Net(depth=cfg.depth, mult_chan=cfg.mult_chan, in_channels=cfg.in_channels, out_channels=cfg.out_channels)
     tnet.apply(weights_init)
     dev = args.device
-    jdtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
-    autocast = (lambda: torch.autocast(device_type=dev, dtype=torch.bfloat16)) if args.dtype == "bfloat16" \
+    jdtype = jnp.bfloat16 if dtype == "bfloat16" else None
+    autocast = (lambda: torch.autocast(device_type=dev, dtype=torch.bfloat16)) if dtype == "bfloat16" \
         else contextlib.nullcontext
     # He-scaled kernels keep activations O(1) through the net (the original N(0, 0.02) init
     # shrinks them towards tiny values, which would make the parity check below meaningless)
@@ -349,6 +398,42 @@ def layer_table(args, cfg) -> list[str]:
     return rows + [""] + bwd_rows
 
 
+def run_tasks(args, tasks: list[str], dtypes: tuple[str, ...], fpv: float) -> list[str]:
+    """Time every (task, dtype, framework), interleaved; the markdown table rows."""
+    fns, keys = {}, [(task, dt, fw) for task in tasks for dt in dtypes for fw in ("jax", "torch")]
+    for dt in dtypes:
+        _, fns[dt], diff = build(args, dt)
+        print(f"{dt}: predict output, same weights: max |JAX - PyTorch| / std = {diff:.1e}", flush=True)
+    timers = {key: Timer("/".join(key)) for key in keys}
+    fn = {(task, dt, fw): fns[dt][task][0 if fw == "jax" else 1] for task, dt, fw in keys}
+    for key in keys:  # one untimed warm-up each
+        fn[key]()
+    for r in range(args.repeats):
+        for key in keys:
+            timers[key].run(fn[key])
+            print(f"  repeat {r + 1}: {' '.join(key):24s} {timers[key].wall[-1]:7.2f} s "
+                  f"(cpu {timers[key].cpu[-1]:6.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)
+    rows = ["| task | precision | framework | median s | Mvox/s | effective GFLOP/s | JAX/PyTorch | compile s | peak RSS growth GiB |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for task in tasks:
+        mult = 1 if task == "predict" else 3
+        for dt in dtypes:
+            nvox, compile_s = fns[dt][task][2], fns[dt][task][3]
+            tj, tt = timers[(task, dt, "jax")].median, timers[(task, dt, "torch")].median
+            for fw, tm in (("JAX", tj), ("PyTorch", tt)):
+                ratio = f"**{tt / tj:.2f}x**" if fw == "JAX" else ""
+                comp = f"{compile_s:.1f}" if fw == "JAX" else "-"
+                rss = timers[(task, dt, fw.lower().replace("pytorch", "torch"))].rss / 2**30
+                rows.append(f"| {task} | {dt} | {fw} | {tm:.4g} | {nvox / tm / 1e6:.3f} | {mult * fpv * nvox / tm / 1e9:.0f} "
+                            f"| {ratio} | {comp} | {rss:.2f} |")
+        if len(dtypes) > 1:
+            bj = min(dtypes, key=lambda dt: timers[(task, dt, "jax")].median)
+            bt = min(dtypes, key=lambda dt: timers[(task, dt, "torch")].median)
+            tj, tt = timers[(task, bj, "jax")].median, timers[(task, bt, "torch")].median
+            rows.append(f"| {task} | best: JAX {bj}, PyTorch {bt} | best against best | | | | **{tt / tj:.2f}x** | | |")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--impl", choices=("auto", "native", "cpu"), default=None,
@@ -362,8 +447,13 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default="predict,train", help="comma list of predict, train (empty: none)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: both frameworks on the GPU (JAX must see a GPU: its default backend)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype: JAX network dtype / torch.autocast (weights and loss stay float32)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="both",
+                   help="compute dtype: JAX network dtype / torch.autocast (weights and loss stay float32); "
+                        "both: every task in both, interleaved, with the best-against-best ratio")
+    p.add_argument("--accuracy-package", default=None,
+                   help="trained 3D model package: also report r of JAX's bf16 prediction against fp32")
+    p.add_argument("--accuracy-image", default="../shared/data/allen_fnet2017_crop/brightfield.tif",
+                   help="single-channel 3D TIFF for --accuracy-package")
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
     p.add_argument("--layer-repeats", type=int, default=3)
     args = p.parse_args(argv)
@@ -377,10 +467,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__} "
+    dtypes = ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)
+    print(f"# {cpu_flags()}; {os.cpu_count()} cores; jax {jax.__version__} "
           f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads); "
-          f"conv impl {os.environ.get('LABELFREE_CONV_IMPL', 'auto')}; malloc tuned {tune_malloc()}; device {args.device}, {args.dtype}; "
-          f"load {os.getloadavg()}")
+          f"conv impl {os.environ.get('LABELFREE_CONV_IMPL', 'auto')}; malloc tuned {tune_malloc()}; device {args.device}, "
+          f"{'/'.join(dtypes)}; load {os.getloadavg()}")
     if args.device == "cuda":
         print(f"# GPU: jax {jax.devices()[0].device_kind}, torch {torch.cuda.get_device_name()}; "
               f"torch cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
@@ -388,44 +479,24 @@ def main(argv=None) -> int:
     from labelfree_jax.models.config import NetworkConfig
 
     cfg = NetworkConfig()
-    peak = peak_flops(n=8192 if args.device == "cuda" else 4096, device=args.device, dtype=args.dtype)
     fpv = flops_per_voxel(cfg)
-    best_peak = max(peak.values())
-    print(f"peak {args.dtype} matmul GFLOP/s: jax {peak['jax']:.0f}, torch {peak['torch']:.0f}; "
-          f"network forward {fpv / 1e6:.3f} MFLOP/voxel (train ~3x)")
+    best_peak = 0.0
+    for dtype in dtypes:
+        peak = peak_flops(n=8192 if args.device == "cuda" else 4096, device=args.device, dtype=dtype)
+        best_peak = max(best_peak, *peak.values())
+        print(f"peak {dtype} matmul GFLOP/s: jax {peak['jax']:.0f}, torch {peak['torch']:.0f}")
+    print(f"network forward {fpv / 1e6:.3f} MFLOP/voxel (train ~3x)")
     print(f"ceiling at peak: predict {best_peak * 1e9 / fpv / 1e6:.3f} Mvox/s, "
           f"train {best_peak * 1e9 / (3 * fpv) / 1e6:.3f} Mvox/s")
 
     tasks = [t for t in args.tasks.split(",") if t]
-    rows = []
-    if tasks:
-        cfg, fns, diff = build(args)
-        print(f"predict output, same weights: max |JAX - PyTorch| / std = {diff:.1e}")
-        timers = {(task, fw): Timer(f"{task}/{fw}") for task in tasks for fw in ("jax", "torch")}
-        for task in tasks:  # one untimed warm-up each
-            fns[task][0]()
-            fns[task][1]()
-        for r in range(args.repeats):
-            for task in tasks:
-                for fw, fn in (("jax", fns[task][0]), ("torch", fns[task][1])):
-                    timers[(task, fw)].run(fn)
-                    print(f"  repeat {r + 1}: {task:7s} {fw:5s} {timers[(task, fw)].wall[-1]:7.2f} s "
-                          f"(cpu {timers[(task, fw)].cpu[-1]:6.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)
-        rows = ["| task | framework | median s | Mvox/s | effective GFLOP/s | JAX/PyTorch | compile s | peak RSS growth GiB |",
-                "|---|---|---|---|---|---|---|---|"]
-        for task in tasks:
-            nvox, compile_s = fns[task][2], fns[task][3]
-            mult = 1 if task == "predict" else 3
-            tj, tt = timers[(task, "jax")].median, timers[(task, "torch")].median
-            for fw, tm in (("JAX", tj), ("PyTorch", tt)):
-                ratio = f"**{tt / tj:.2f}x**" if fw == "JAX" else ""
-                comp = f"{compile_s:.1f}" if fw == "JAX" else "-"
-                rss = timers[(task, "jax" if fw == "JAX" else "torch")].rss / 2**30
-                rows.append(f"| {task} | {fw} | {tm:.4g} | {nvox / tm / 1e6:.3f} | {mult * fpv * nvox / tm / 1e9:.0f} "
-                            f"| {ratio} | {comp} | {rss:.2f} |")
+    rows = run_tasks(args, tasks, dtypes, fpv) if tasks else []
+    accuracy = accuracy_check(args.accuracy_package, args.accuracy_image) if args.accuracy_package else ""
     layer_rows = layer_table(args, cfg) if args.layers else []
     print()
     print("\n".join(rows))
+    if accuracy:
+        print(accuracy)
     if layer_rows:
         print()
         print("\n".join(layer_rows))

@@ -50,11 +50,15 @@ def register(subparsers) -> None:
             "<stem>_t0003_prediction.ome.tif (.ome.zarr for OME-Zarr inputs; a plate's fields are scenes named "
             "<row>/<column>/<field>, chosen with --scene 'A/*/0' patterns, predicted into a plate of the same layout); summary.csv (summary-<i>-of-<n>.csv with --shard) has one row per "
             "image, with its warnings. Input pixel sizes are resampled to the model's working pixel size. "
+            "Several --model (or an ensemble folder) predict the mean of the members; --uncertainty also writes "
+            "the SD across the members beside each prediction (<stem>_prediction_sd.ome.tif). "
             "Exit status 1 if any image failed."
         ),
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUTS", help="input images, folders, globs or CSV manifests")
-    parser.add_argument("--model", required=True, metavar="NAME_OR_DIR", help="zoo model name or package folder")
+    parser.add_argument("--model", required=True, action="append", metavar="NAME_OR_DIR",
+                        help="zoo model name, package folder, or ensemble folder (with ensemble.json); repeat it "
+                             "for an ensemble (same channels and transforms): the prediction is the members' mean")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--target", nargs="+", metavar="T",
@@ -80,6 +84,10 @@ def register(subparsers) -> None:
     parser.add_argument("--blend", choices=("gaussian", "triangular", "uniform"),
                         help="tile blending weights (default: the model's, else gaussian)")
     parser.add_argument("--tta", action="store_true", help="average over flips of the spatial axes (2**ndim x slower)")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="with an ensemble (2+ --model, or an ensemble folder): also write the SD across the "
+                             "members (sample SD, ddof=1, prediction units) beside each prediction as "
+                             "<stem>_prediction_sd.ome.tif (same format, axes and pixel sizes); refused for one model")
     parser.add_argument("--shard", type=_shard, metavar="i/n",
                         help="predict only share i of n (default: this JAX process's share)")
     parser.add_argument("--axes", help="axes of the stored arrays when the metadata is missing/wrong, e.g. CYX or "
@@ -93,6 +101,15 @@ def register(subparsers) -> None:
     parser.add_argument("--dask", metavar="ADDRESS",
                         help="predict on the workers of this dask.distributed scheduler (e.g. tcp://10.0.0.5:8786), "
                              "each loading the model once; default: $LABELFREE_DASK_SCHEDULER, else in this process")
+    streaming = parser.add_mutually_exclusive_group()
+    streaming.add_argument("--stream", dest="stream", action="store_true", default=None,
+                           help="predict each image slab by slab from its file into an OME-Zarr, so memory does not "
+                                "grow with the number of z-planes (refused, one line, where it cannot: a resize to "
+                                "the working pixel size, TTA, an ensemble). Default: automatically when the "
+                                "in-memory prediction would need more than a quarter of the RAM "
+                                "(LABELFREE_STREAM_BYTES) or the image exceeds LABELFREE_MAX_IMAGE_BYTES")
+    streaming.add_argument("--no-stream", dest="stream", action="store_false",
+                           help="always read images whole")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -112,11 +129,31 @@ def _absolute_if_folder(name_or_dir: str) -> str:
     return os.path.abspath(name_or_dir) if os.path.isdir(name_or_dir) else name_or_dir
 
 
-def _load_model(name_or_dir: str):
-    """A zoo model name or a package folder (:func:`labelfree_jax.hub.zoo.load` takes both)."""
+def _load_model(names: str | tuple[str, ...]):
+    """A zoo model name or a package folder (:func:`labelfree_jax.hub.zoo.load` takes both), an ensemble
+    folder, or an :class:`~labelfree_jax.inference.ensemble.Ensemble` of several names/folders."""
+    from labelfree_jax.core.errors import InputError
     from labelfree_jax.hub import zoo
+    from labelfree_jax.inference.ensemble import Ensemble, is_ensemble_folder, load_ensemble
 
-    return zoo.load(name_or_dir)
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if len(names) == 1:
+        return load_ensemble(names[0]) if is_ensemble_folder(names[0]) else zoo.load(names[0])
+    nested = [n for n in names if is_ensemble_folder(n)]
+    if nested:
+        raise InputError(f"{nested[0]}: an ensemble folder cannot be one of several --model; give its members, "
+                         "or the folder alone")
+    return Ensemble([zoo.load(n) for n in names])
+
+
+def _check_uncertainty(args: argparse.Namespace) -> None:
+    """``--uncertainty`` with one model is refused before anything is loaded."""
+    from labelfree_jax.core.errors import InputError
+    from labelfree_jax.inference.ensemble import is_ensemble_folder
+
+    if args.uncertainty and len(args.model) == 1 and not is_ensemble_folder(args.model[0]):
+        raise InputError(f"--uncertainty needs an ensemble: give --model two or more times (or an ensemble folder); "
+                         f"{args.model[0]} is one model, which has no spread across members to report")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         hint = (f" (--target takes every path after it: {' '.join(args.target)}; put the input images "
                 "before --target)") if args.target else ""
         raise InputError("give INPUTS or --manifest" + hint)
+    _check_uncertainty(args)
     prepare_output_folder(args.out)  # a bad --out fails here, before the model is loaded
 
     import functools
@@ -167,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             output_format=args.output_format,
             dask=dask,
-            model_loader=functools.partial(_load_model, _absolute_if_folder(args.model)) if dask else None,
+            model_loader=(functools.partial(_load_model, tuple(map(_absolute_if_folder, args.model)))
+                          if dask else None),
+            uncertainty=args.uncertainty,
+            stream=args.stream,
         )
     n_bad = sum(not r.ok for r in records)
     n_skipped = sum(r.status == "skipped" for r in records)
@@ -175,6 +216,11 @@ def run(args: argparse.Namespace) -> int:
     skipped = f", {n_skipped} skipped (exist)" if n_skipped else ""
     print(f"{len(records) - n_bad - n_skipped} of {len(records)} image(s) predicted{skipped}, {n_bad} failed; "
           f"summary: {where}")
+    members = getattr(model, "members", None)
+    if members:
+        made = f"SD across the members (ddof={model.ddof}) in *_prediction_sd files" if args.uncertainty else \
+            "no SD map (add --uncertainty)"
+        print(f"ensemble of {len(members)} models: predictions are their mean; {made}")
     for rec in [r for r in records if not r.ok][:5]:  # why, one line each (all of them in the summary)
         where_in = "".join(f" {k} {v}" for k, v in (("scene", rec.scene), ("time", rec.time)) if v not in (None, ""))
         print(f"  failed: {rec.path_signal}{where_in}: {rec.error}", file=sys.stderr)

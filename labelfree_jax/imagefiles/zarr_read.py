@@ -45,6 +45,7 @@ __all__ = [
     "group_attributes",
     "is_zarr",
     "ngff_version",
+    "open_zarr_lazy",
     "read_zarr",
 ]
 
@@ -390,6 +391,30 @@ def read_zarr(path: Path, axes: str | None, scene: int | str | None, time: int |
     kept = source.letters.replace("T", "")
     data = _to_czyx(data, kept, info)
     return data, info, several
+
+
+def open_zarr_lazy(path: Path, axes: str | None, scene: int | str | None, time: int | None) -> tuple[Any, SceneInfo]:
+    """One scene (plate field) and time point of an OME-Zarr as a lazy ``(C, Z, Y, X)`` / ``(C, Y, X)`` view.
+
+    Returns ``(view, info)``: a :class:`~labelfree_jax.imagefiles.lazy.LazyImage` over level 0
+    (nothing read yet; each region read touches only its chunks) and the scene's
+    :class:`SceneInfo`. No size limit applies (nothing is read whole).
+
+    Raises:
+        InputError: as :func:`read_zarr` (chunks missing from level 0 included), except the size limit.
+    """
+    from labelfree_jax.imagefiles.lazy import LazyImage
+
+    _no_axes(path, axes)
+    version, entries, _ = _entries(path)
+    names = [n for n, _ in entries]
+    i = choose_scene(path, names, scene)
+    info, source = _scene(entries[i][1], version, i, names[i])
+    where = f"scene {info.name!r}: " if len(entries) > 1 else ""
+    t = choose_time(path, info.n_time, time, f"{where}shape {info.shape}")
+    arr = _level0(path, source, where)
+    fixed = {"T": t or 0} if "T" in source.letters else None
+    return LazyImage(arr, source.letters, info.axes, fixed=fixed, path=path), info
 
 
 def _to_czyx(data: np.ndarray, letters: str, info: SceneInfo) -> np.ndarray:

@@ -36,8 +36,10 @@ __all__ = [
     "DEFAULT_NGFF_VERSION",
     "MIN_LEVEL_SIDE",
     "PROVENANCE_ATTRIBUTE",
+    "create_level0",
     "read_zarr_provenance",
     "write_ome_zarr",
+    "write_ome_zarr_from_level0",
     "write_plate_layout",
 ]
 
@@ -79,8 +81,10 @@ def _default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(min(s, c) for s, c in zip(shape, limits))
 
 
-def _write_group(tmp: Path, arr: np.ndarray, axes: str, meta: dict[str, Any], fmt: Any,
-                 chunks: tuple[int, ...], levels: int | None, provenance: dict[str, ProvenanceValue]) -> None:
+def _write_group(tmp: Path, arr: Any, axes: str, meta: dict[str, Any], fmt: Any,
+                 chunks: tuple[int, ...], levels: int | None, provenance: dict[str, ProvenanceValue],
+                 window: tuple[float, float] | None = None) -> None:
+    """Write ``arr`` (a numpy or dask array) as a multiscale image group at ``tmp``; ``window``: its (min, max)."""
     import zarr
     from ome_zarr.writer import write_image
 
@@ -89,7 +93,7 @@ def _write_group(tmp: Path, arr: np.ndarray, axes: str, meta: dict[str, Any], fm
     scale = {a: float(meta.get(f"PhysicalSize{a.upper()}", 1.0)) for a in letters if a != "c"}
     extra: dict[str, Any] = {}
     if "Channel" in meta:
-        lo, hi = float(np.min(arr)), float(np.max(arr))
+        lo, hi = window if window is not None else (float(np.min(arr)), float(np.max(arr)))
         window = {"start": lo, "end": hi, "min": lo, "max": hi}
         extra["omero"] = {"channels": [{"label": n, "color": "FFFFFF", "window": window, "active": True}
                                        for n in meta["Channel"]["Name"]]}
@@ -175,6 +179,94 @@ def write_ome_zarr(
             raise
         raise InputError(f"{p}: writing the OME-Zarr failed: {type(err).__name__}: {err}") from err
     logger.debug("wrote %s: %s %s %s (NGFF %s)", p, axes, arr.shape, arr.dtype, ngff_version)
+    return p
+
+
+def create_level0(path: str | os.PathLike[str], shape: Sequence[int], *, chunks: Sequence[int] | None = None,
+                  ngff_version: str = DEFAULT_NGFF_VERSION) -> tuple[Path, Any]:
+    """A float32 zarr array to stream a level 0 into, at a temporary name beside ``path``: ``(its folder, array)``.
+
+    The array (uncompressed, chunks ``chunks`` or the default, fill value 0) is written region by
+    region by the caller, then :func:`write_ome_zarr_from_level0` makes the OME-Zarr at ``path``
+    from it and removes it. Its name is one of :func:`~labelfree_jax.core.atomic.temporary_name`'s,
+    so a killed run's copy is removed as a stale temporary.
+
+    Raises:
+        InputError: the version is not supported, or the folder of ``path`` does not exist.
+    """
+    import zarr
+
+    p = Path(path)
+    fmt = _format(p, ngff_version)
+    if not p.parent.is_dir():
+        raise InputError(f"{p}: folder {p.parent} does not exist")
+    shape = tuple(int(s) for s in shape)
+    chunk_shape = tuple(int(c) for c in chunks) if chunks is not None else _default_chunks(shape)
+    scratch = temporary_name(p, suffix=".level0")
+    arr = zarr.create_array(str(scratch), shape=shape, chunks=chunk_shape, dtype="float32", fill_value=0.0,
+                            compressors=None, zarr_format=fmt.zarr_format)
+    return scratch, arr
+
+
+def write_ome_zarr_from_level0(
+    path: str | os.PathLike[str],
+    level0: str | os.PathLike[str],
+    *,
+    axes: str,
+    channel_names: Sequence[str] | None = None,
+    pixel_sizes: dict[str, float] | None = None,
+    provenance: Mapping[str, ProvenanceValue] | None = None,
+    window: tuple[float, float] | None = None,
+    chunks: Sequence[int] | None = None,
+    levels: int | None = None,
+    ngff_version: str = DEFAULT_NGFF_VERSION,
+) -> Path:
+    """Write a multiscale OME-Zarr at ``path`` from a stored level 0 (a zarr array folder), chunk by chunk.
+
+    As :func:`write_ome_zarr` (same metadata, pyramid and atomic rename), but the data is the
+    zarr array at ``level0`` (e.g. from :func:`create_level0`), read lazily with dask: level 0 is
+    copied and the pyramid computed from it chunk by chunk (ome-zarr-py's dask pyramid), so
+    memory does not grow with the image. ``axes``: ``"CZYX"`` or ``"CYX"``; ``window``: the data's
+    (min, max) for the OMERO channel window (computed from the store when None). ``level0`` is
+    removed once the image is in place.
+
+    Raises:
+        InputError: bad axes/names/pixel sizes/provenance/version, or the write failed (no
+            partial folder is left at ``path``; ``level0`` is removed either way).
+    """
+    import dask
+    import dask.array as da
+
+    p = Path(path)
+    try:
+        fmt = _format(p, ngff_version)
+        if axes not in ("CZYX", "CYX"):
+            raise InputError(f"{p}: axes must be 'CZYX' or 'CYX' for a stored level 0; got {axes!r}")
+        arr = da.from_zarr(str(level0))
+        if arr.ndim != len(axes):
+            raise InputError(f"{p}: the stored level 0 has shape {arr.shape}, not {axes}")
+        meta = _ome_metadata(p, axes, int(arr.shape[0]), channel_names, pixel_sizes)
+        checked = check_provenance(p, provenance) if provenance is not None else {}
+        chunk_shape = tuple(int(c) for c in chunks) if chunks is not None else _default_chunks(arr.shape)
+        if p.exists() and not is_zarr(p):
+            raise InputError(f"{p}: exists and is not a zarr folder; not replacing it")
+        if window is None:
+            window = (float(arr.min().compute()), float(arr.max().compute()))
+        tmp = temporary_name(p, suffix="")
+        try:
+            with dask.config.set(scheduler="threads"):
+                _write_group(tmp, arr, axes, meta, fmt, chunk_shape, levels, checked, window=window)
+            _replace_folder(tmp, p)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except BaseException as err:
+        if isinstance(err, InputError) or not isinstance(err, Exception):
+            raise
+        raise InputError(f"{p}: writing the OME-Zarr failed: {type(err).__name__}: {err}") from err
+    finally:
+        shutil.rmtree(level0, ignore_errors=True)
+    logger.debug("wrote %s from the stored level 0 %s: %s %s (NGFF %s)", p, level0, axes, arr.shape, ngff_version)
     return p
 
 

@@ -32,6 +32,7 @@ from labelfree_jax.imagefiles import describe_image, read_image, write_plate_lay
 from labelfree_jax.imagefiles.info import choose_scene, choose_time
 from labelfree_jax.imagefiles.zarr_write import DEFAULT_NGFF_VERSION
 from labelfree_jax.inference.channels import choose_signal_channels
+from labelfree_jax.inference.ensemble import Ensemble, calibration_against, predict_image_with_sd, write_uncertainty
 from labelfree_jax.inference.image import predict_image, write_prediction
 from labelfree_jax.inference.inputs import (
     InputItem,
@@ -44,15 +45,17 @@ from labelfree_jax.inference.inputs import (
 from labelfree_jax.inference.outputs import (
     EXISTING_POLICIES,
     OUTPUT_FORMATS,
-    check_existing,
+    check_existing_outputs,
     output_format_for,
     output_stems,
     prediction_name,
     prediction_path,
     prepare_output_folder,
     safe_name,
+    uncertainty_path,
 )
 from labelfree_jax.inference.provenance import model_revision, prediction_provenance
+from labelfree_jax.inference.streaming_batch import stream_part
 from labelfree_jax.inference.summary import (
     SUMMARY_COLUMNS,
     PredictionRecord,
@@ -130,6 +133,13 @@ class _Job:
     warning_log: _WarningLog
     output_format: str | None = None
     ngff_version: str | None = None
+    uncertainty: bool = False  # write the ensemble's SD map beside each prediction
+    stream: bool | None = None  # larger than memory: None automatic (see inference.streaming_batch)
+
+    def outputs(self, part: _Part) -> list[Path]:
+        """The files one image writes: its prediction, and with ``uncertainty`` its SD map."""
+        sd = [uncertainty_path(part.out_path, part.plate_root)] if self.uncertainty else []
+        return [part.out_path, *sd]
 
 
 def _message(err: BaseException) -> str:
@@ -224,6 +234,8 @@ def _predict_part(job: _Job, item: InputItem, part: _Part, rec: PredictionRecord
 
     The reader's warnings (logged by the reader) go into ``rec.warnings`` and ``logged``.
     """
+    if stream_part(job, item, part, rec):  # streamed slab by slab (large OME-Zarr / TIFF inputs)
+        return
     model = job.model
     img = _read(item.signal, part, axes=job.axes)
     logged.extend(img.warnings)
@@ -231,12 +243,24 @@ def _predict_part(job: _Job, item: InputItem, part: _Part, rec: PredictionRecord
     img, rec.signal_channel = choose_signal_channels(
         img, model.config, channels=item.signal_channels if item.signal_channels is not None else job.channels
     )
-    pred = predict_image(model, img, warnings=rec.warnings, **job.options)
+    sd = None
+    if isinstance(model, Ensemble):  # the mean of the members, and their SD
+        pred, sd = predict_image_with_sd(model, img, warnings=rec.warnings, **job.options)
+    else:
+        pred = predict_image(model, img, warnings=rec.warnings, **job.options)
     provenance = prediction_provenance(
         model, input_file=item.signal, scene=part.scene_name, time=part.time, signal_channel=rec.signal_channel,
         revision=job.revision,
     )
     provenance["warnings"] = "; ".join(rec.warnings) or None
+    if isinstance(model, Ensemble):
+        if job.uncertainty and sd is not None:
+            sd_path = uncertainty_path(part.out_path, part.plate_root)
+            write_uncertainty(sd_path, sd, img, model, provenance=provenance, output_format=part.fmt,
+                              ngff_version=job.ngff_version)
+            provenance["uncertainty_file"] = str(sd_path)
+            rec.path_uncertainty, rec.mean_sd = str(sd_path), float(np.mean(sd))
+        provenance.update(model.provenance("mean"))
     write_prediction(part.out_path, pred, img, model, provenance=provenance, output_format=part.fmt,
                      ngff_version=job.ngff_version)
     rec.path_prediction = str(part.out_path)
@@ -249,6 +273,10 @@ def _predict_part(job: _Job, item: InputItem, part: _Part, rec: PredictionRecord
                 f"{pred.shape} ({img.axes})"
             )
         rec.pearson_r = pearson_r(pred, np.asarray(timg.data))
+        if rec.path_uncertainty is not None:
+            cal = calibration_against(model, pred, sd, np.asarray(timg.data))
+            rec.coverage_68, rec.coverage_95 = cal["coverage_68"], cal["coverage_95"]
+            rec.spearman_sd_abs_error = cal["spearman_sd_abs_error"]
 
 
 def _where(item: InputItem, part: _Part) -> str:
@@ -267,7 +295,7 @@ def existing_record(job: _Job, item: InputItem, part: _Part) -> PredictionRecord
     """The record of an image not to predict because its output exists (skipped, or refused), else None."""
     rec = _new_record(item, part)
     try:
-        if check_existing(part.out_path, job.existing):
+        if check_existing_outputs(job.outputs(part), job.existing):
             return None
         rec.status, rec.path_prediction = "skipped", str(part.out_path)
         log.info("%s: %s exists; skipped", _where(item, part), part.out_path)
@@ -305,7 +333,8 @@ def plan_file(job: _Job, item: InputItem, stem: str) -> list[PredictionRecord | 
     """
     try:
         parts, plate = _parts(job, item, stem)
-        for root in dict.fromkeys(p.plate_root for p in parts if p.plate_root is not None):
+        roots = [p.plate_root for p in parts if p.plate_root is not None]
+        for root in dict.fromkeys(roots + ([uncertainty_path(r) for r in roots] if job.uncertainty else [])):
             write_plate_layout(root, plate, ngff_version=job.ngff_version or DEFAULT_NGFF_VERSION,
                                provenance=prediction_provenance(job.model, input_file=item.signal,
                                                                 revision=job.revision))
@@ -357,6 +386,8 @@ def predict_files(
     ngff_version: str | None = None,
     dask: str | None = None,
     model_loader=None,
+    uncertainty: bool = False,
+    stream: bool | None = None,
 ) -> list[PredictionRecord]:
     """Predict a batch of image files, every scene and time point of each; one process's share when sharded.
 
@@ -390,6 +421,13 @@ def predict_files(
         model_loader: with ``dask``, a picklable callable returning the model, called once per
             worker (default: :func:`~labelfree_jax.inference.model.load_package` of the model's
             package folder).
+        uncertainty: write the SD map of an :class:`~labelfree_jax.inference.ensemble.Ensemble` beside
+            each prediction (:func:`~labelfree_jax.inference.outputs.uncertainty_path`: same format,
+            axes and pixel sizes, ``_prediction_sd`` in the name, provenance saying how it was made).
+            An ensemble always predicts the members' mean; without this no SD map is written.
+        stream: predict larger-than-memory images slab by slab from their file into an OME-Zarr
+            (:mod:`~labelfree_jax.inference.streaming`): True always, False never, None when the image
+            is large (see :mod:`~labelfree_jax.inference.streaming_batch` for the rule).
 
     Targets are read with the manifest row's ``channel_target``, else the model's
     ``target_channels``. An image that fails (unreadable, bad shape, non-finite prediction ...)
@@ -403,10 +441,13 @@ def predict_files(
         One :class:`PredictionRecord` per image (scene, time point) of this shard, in order.
 
     Raises:
-        InputError: bad ``inputs``/``target``, ``shard`` or ``existing``, or an output folder
-            that is a file, cannot be created or is not writable.
+        InputError: bad ``inputs``/``target``, ``shard`` or ``existing``, an output folder
+            that is a file, cannot be created or is not writable, or ``uncertainty`` for one model.
     """
     scenes, times = _checked_choices(scenes, times, existing, output_format)
+    if uncertainty and not isinstance(model, Ensemble):
+        raise InputError("--uncertainty needs an ensemble of 2 or more models (--model A --model B ..., or an "
+                         "ensemble folder): one model has no spread across members to report")
     i, n = resolve_shard(shard)
     out = prepare_output_folder(out_dir)
     items = expand_items(inputs, target)
@@ -416,7 +457,8 @@ def predict_files(
                "max_memory_bytes": max_memory_bytes, "progress": progress}
     job = _Job(model=model, out_dir=out, axes=axes, channels=channels, scenes=scenes, times=times,
                existing=existing, revision=model_revision(model), options=options, warning_log=_WarningLog(),
-               output_format=output_format, ngff_version=ngff_version)
+               output_format=output_format, ngff_version=ngff_version, uncertainty=uncertainty,
+               stream=stream)
     log.info("shard %d/%d: %d of %d file(s) -> %s", i, n, len(mine), len(items), out)
     records: list[PredictionRecord] = []
     if dask:

@@ -33,6 +33,7 @@ import numpy as np
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.imagefiles.axes import MIN_SPATIAL_SIZE
 from labelfree_jax.transforms.base import spatial_names
+from labelfree_jax.transforms.intensity import NORMALISED_UNITS
 
 __all__ = ["CONTRAST_FACTOR", "LEVEL_MARGIN_STDS", "check_size", "input_warnings", "intensity_warnings"]
 
@@ -43,7 +44,6 @@ CONTRAST_FACTOR = 10.0
 #: Fewest pixels along Y and X that a prediction makes sense on: the readers' own limit.
 MIN_PLANE_SIDE = MIN_SPATIAL_SIZE
 
-_NORMALISING = ("normalize", "norm_around_center")
 
 
 def check_size(shape: Sequence[int]) -> None:
@@ -106,7 +106,7 @@ def input_warnings(config, x: np.ndarray, nd: int) -> list[str]:
     """The warnings for predicting the raw input ``x`` (``(C, *spatial)``) with a model of ``config``."""
     out = _size_warnings(x.shape[1:], nd, int(config.network.depth))
     steps = tuple(getattr(config, "signal_transforms", ()) or ())
-    if not any(getattr(s, "name", "") in _NORMALISING for s in steps):
+    if not any(getattr(s, "name", "") in NORMALISED_UNITS for s in steps):
         out.append("the package's signal transforms do not normalise intensities: the input must be in the units "
                    "of the training images")
     out += intensity_warnings(x, getattr(config, "signal_statistics", None))

@@ -13,7 +13,7 @@ import numpy as np
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.inference.predict import predict_array
 from labelfree_jax.models.config import PackageConfig
-from labelfree_jax.models.fnet import build_network
+from labelfree_jax.models.networks import build_network
 from labelfree_jax.models.package import read_package, save_package
 
 __all__ = ["Model", "load_package"]

@@ -7,7 +7,8 @@ are ``<row>/<column>/<field>``) for a file of one scene and one time point;
 made safe for a file name, :func:`safe_name`); ``<stem>[_<scene>]_t0003_prediction.ome.tif`` for
 time point 3 of a time series. Two inputs with the same stem get ``_2``, ``_3`` ... The names
 depend on what the file holds, not on which scenes or time points are predicted, so a batch
-predicting some of them at a time writes the same names.
+predicting some of them at a time writes the same names. An ensemble's SD map goes beside its
+prediction as ``<...>_prediction_sd.ome.tif`` (:func:`uncertainty_path`).
 
 Imports no JAX.
 """
@@ -28,13 +29,16 @@ from labelfree_jax.inference.inputs import IMAGE_SUFFIXES
 __all__ = [
     "EXISTING_POLICIES",
     "OUTPUT_FORMATS",
+    "UNCERTAINTY_SUFFIX",
     "check_existing",
+    "check_existing_outputs",
     "output_format_for",
     "output_stems",
     "prediction_name",
     "prediction_path",
     "prepare_output_folder",
     "safe_name",
+    "uncertainty_path",
 ]
 
 #: What to do with a prediction file that exists already: refuse (the image fails), overwrite, skip.
@@ -43,6 +47,9 @@ EXISTING_POLICIES = ("refuse", "overwrite", "skip")
 #: Prediction file formats: OME-TIFF files or OME-Zarr folders.
 OUTPUT_FORMATS = ("ome-tiff", "ome-zarr")
 _SUFFIX = {"ome-tiff": ".ome.tif", "ome-zarr": ".ome.zarr"}
+
+#: Inserted after ``_prediction`` in the name of the SD (uncertainty) map written beside a prediction.
+UNCERTAINTY_SUFFIX = "_sd"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -71,6 +78,23 @@ def prediction_path(out_dir: str | os.PathLike, signal_path: str | os.PathLike, 
     input file of one scene and time point."""
     signal = Path(signal_path)
     return Path(out_dir) / prediction_name(_stem(signal), fmt=output_format_for(signal, fmt))
+
+
+def uncertainty_path(prediction: str | os.PathLike, plate_root: str | os.PathLike | None = None) -> Path:
+    """Where the SD map of the prediction ``prediction`` goes: beside it, ``_sd`` after ``_prediction``.
+
+    ``<stem>_prediction.ome.tif`` -> ``<stem>_prediction_sd.ome.tif`` (``.ome.zarr`` likewise); a
+    field ``<root>/<row>/<col>/<field>`` of the prediction plate ``plate_root`` -> the same field
+    of the plate ``<stem>_prediction_sd.ome.zarr``.
+    """
+    path = Path(prediction)
+    if plate_root is not None:
+        root = Path(plate_root)
+        return uncertainty_path(root) / path.relative_to(root)
+    for suffix in _SUFFIX.values():
+        if path.name.endswith(suffix):
+            return path.with_name(path.name[: -len(suffix)] + UNCERTAINTY_SUFFIX + suffix)
+    return path.with_name(path.name + UNCERTAINTY_SUFFIX)
 
 
 def output_format_for(signal: Path, choice: str | None) -> str:
@@ -138,3 +162,13 @@ def check_existing(path: Path, existing: str) -> bool:
         return False
     raise InputError(f"{path}: the prediction exists already; pass --overwrite (existing='overwrite') to replace it "
                      "or --skip-existing (existing='skip') to keep it")
+
+
+def check_existing_outputs(paths: Sequence[Path], existing: str) -> bool:
+    """:func:`check_existing` for the files of one image (prediction, SD map): False (skip) only when all exist.
+
+    Raises:
+        InputError: one of them exists and ``existing`` is ``"refuse"``.
+    """
+    wanted = [check_existing(Path(p), existing) for p in paths]  # every one checked: "refuse" sees them all
+    return any(wanted)

@@ -174,10 +174,14 @@ def _report(found: list[str], warnings: list[str] | None) -> None:
 
 
 def _check_finite(y: np.ndarray) -> None:
-    bad = int(y.size - np.count_nonzero(np.isfinite(y)))
+    _check_finite_count(int(y.size - np.count_nonzero(np.isfinite(y))), y.size)
+
+
+def _check_finite_count(bad: int, size: int) -> None:
+    """Refuse a prediction with ``bad`` non-finite values of ``size`` (InputError; nothing is written)."""
     if bad:
         raise InputError(
-            f"the prediction has {bad} non-finite value(s) (NaN/Inf) of {y.size}; nothing written for this image "
+            f"the prediction has {bad} non-finite value(s) (NaN/Inf) of {size}; nothing written for this image "
             "(extreme input values, or weights that overflow?)"
         )
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from labelfree_jax.core.hashing import sha256_file
 from labelfree_jax.core.version import __version__
 from labelfree_jax.models.package import WEIGHTS_FILE
+from labelfree_jax.transforms.intensity import NORMALISED_UNITS
 
 __all__ = ["intensity_unit", "model_revision", "output_channel_names", "prediction_provenance"]
 
-_NORMALISING = ("normalize", "norm_around_center")
 
 
 def output_channel_names(config) -> list[str]:
@@ -34,11 +34,11 @@ def output_channel_names(config) -> list[str]:
 
 
 def intensity_unit(config) -> str:
-    """``"z-score"`` when the target transforms normalise (the prediction is in those units), else the raw units."""
+    """The units of a prediction: those of the last normalising target transform (``"z-score"``, ...;
+    the prediction is in those units), else the training target's raw units."""
     steps = tuple(getattr(config, "target_transforms", ()) or ())
-    if any(getattr(s, "name", "") in _NORMALISING for s in steps):
-        return "z-score"
-    return "training target units"
+    units = [NORMALISED_UNITS[s.name] for s in steps if getattr(s, "name", "") in NORMALISED_UNITS]
+    return units[-1] if units else "training target units"
 
 
 def _model_source(model) -> str | None:

@@ -2,7 +2,8 @@
 
 Columns (:data:`SUMMARY_COLUMNS`): the input file, its target, the prediction written, the
 status (``ok``, ``skipped`` or ``error``) and error, Pearson r, seconds, then the scene and
-time point the row is about, the signal channel used and the warnings (``; ``-joined).
+time point the row is about, the signal channel used and the warnings (``; ``-joined), then for
+an ensemble's SD map (``--uncertainty``) its path, mean SD and, with a target, its calibration.
 
 A row is identified by its input: ``(path_signal, scene, time)``. :func:`update_summary` reads
 the summary, merges the new rows in (a row for the same input replaces the old one, except
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = (
     "path_signal", "path_target", "path_prediction", "status", "error", "pearson_r", "seconds",
     "scene", "time", "signal_channel", "warnings",
+    "path_uncertainty", "mean_sd", "coverage_68", "coverage_95", "spearman_sd_abs_error",
 )
 #: Columns a file must have to be read as a summary (those of summaries written before the others existed).
 _REQUIRED_COLUMNS = SUMMARY_COLUMNS[:7]
@@ -67,7 +69,11 @@ class PredictionRecord:
     all voxels) is None without a target; ``seconds`` is the wall time for this image (read,
     predict, write, evaluate). ``scene`` (name or index) and ``time`` are set for files with
     several scenes / time points; ``signal_channel`` says which channel(s) were used when a
-    choice was made; ``warnings`` are the assumptions made for this image.
+    choice was made; ``warnings`` are the assumptions made for this image. For an ensemble with
+    ``uncertainty``: ``path_uncertainty`` (the SD map) and ``mean_sd``; with a target also the
+    coverage of the central 68 % / 95 % intervals and Spearman(SD, |error|), the target put in the
+    prediction's units by the package's target transforms
+    (:func:`~labelfree_jax.evaluation.calibration.calibration_metrics`).
     """
 
     path_signal: str
@@ -81,6 +87,11 @@ class PredictionRecord:
     time: int | None = None
     signal_channel: str = ""
     warnings: list[str] = dataclasses.field(default_factory=list)
+    path_uncertainty: str | None = None
+    mean_sd: float | None = None
+    coverage_68: float | None = None
+    coverage_95: float | None = None
+    spearman_sd_abs_error: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -100,6 +111,9 @@ class PredictionRecord:
             "time": "" if self.time is None else str(self.time),
             "signal_channel": self.signal_channel,
             "warnings": "; ".join(self.warnings),
+            "path_uncertainty": self.path_uncertainty or "",
+            **{k: "" if getattr(self, k) is None else repr(float(getattr(self, k)))
+               for k in ("mean_sd", "coverage_68", "coverage_95", "spearman_sd_abs_error")},
         }
 
 

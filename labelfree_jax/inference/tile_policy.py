@@ -20,6 +20,17 @@ the blended error is about the error at half the overlap: the default overlap pe
 measured max error 7e-4 (fnet init) / 1.3e-2 (He init) of the output's standard deviation
 with overlap 64. (The 2017 fnet used 16.) An axis covered by a single tile gets no overlap.
 
+Architectures. Each network config declares its alignment multiple (``size_multiple``,
+``2**depth`` for both families: tile sides and starts are multiples of it) and its receptive
+radius (``receptive_radius()``, :func:`halo`): a tile's output equals the whole-volume output
+at every voxel at least that far from the tile's cut sides. Given a ``halo``, the default
+overlap covers it on both sides of a seam (``max(64, 2 * halo)``, capped as above), and
+:func:`seam_weights` gives blending weights under which tiled prediction equals whole-volume
+prediction to float rounding (the ConvNeXt U-Net normalises per voxel, so this is exact for
+it; fnet's BatchNorm in eval mode is per voxel too). The memory factor ``k`` is per
+architecture (the ConvNeXt U-Net holds its 4x MLP and the depthwise convolution's shifted
+sums: measured 36-44 on CPU, 48 used).
+
 Devices. With several local devices the batch of tiles is sharded over them
 (:func:`shard_over_devices`); an accelerator out-of-memory error is recognised by
 :func:`is_out_of_memory` so that the caller can retry with :func:`halve_largest` tiles.
@@ -47,10 +58,12 @@ __all__ = [
     "default_memory_budget",
     "default_overlap",
     "estimate_memory_bytes",
+    "halo",
     "halve_largest",
     "is_out_of_memory",
     "network_of",
     "resolve_tile_overlap",
+    "seam_weights",
     "shard_over_devices",
     "size_multiple",
 ]
@@ -65,6 +78,12 @@ _MEMORY_MARGIN = 1.25
 #: Activation floats per voxel and first-level channel (see :func:`estimate_memory_bytes`).
 _ACTIVATION_FACTOR_NATIVE = 4
 _ACTIVATION_FACTOR_CPU_3D = 10
+#: The ConvNeXt U-Net (``architecture: "unext"``), any backend: XLA CPU buffer assignment measured
+#: 44 (2D) and 36 (3D) floats per voxel and first-level channel (scripts: see docstring above).
+_ACTIVATION_FACTOR_UNEXT = 48
+
+#: Relative weight of a tile's outputs within its halo under :func:`seam_weights` (per axis).
+SEAM_EPSILON = 1e-9
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,8 +110,25 @@ def _first_channels(net) -> int:
 
 
 def size_multiple(network) -> int:
-    """``2**depth``: every tile side (voxels) is a multiple of it, and so is every tile start."""
-    return int(2 ** int(network.depth))
+    """The network's alignment multiple (``2**depth``): every tile side (voxels) is a multiple of
+    it, and so is every tile start."""
+    declared = getattr(network, "size_multiple", None)
+    return int(declared) if declared is not None else int(2 ** int(network.depth))
+
+
+def halo(network) -> tuple[int, ...]:
+    """Receptive radius of the network per spatial axis (voxels, ``(Z, Y, X)`` or ``(Y, X)``).
+
+    A tile's output is exact (equal to the whole-volume output, tiles aligned to
+    :func:`size_multiple`) at voxels at least this far from its cut sides
+    (``NetworkConfig.receptive_radius``; fnet depth 4: 108, unext: see its config).
+    """
+    declared = getattr(network, "receptive_radius", None)
+    if declared is not None:
+        return tuple(int(r) for r in declared())
+    depth = int(network.depth)  # an fnet-like object without the method: the fnet closed form
+    r = sum(2 * 2**level for level in range(depth + 1)) + sum(3 * 2**level for level in range(depth)) + 1
+    return (r,) * int(network.ndim)
 
 
 def _round_up(v: int, m: int) -> int:
@@ -113,12 +149,18 @@ def estimate_memory_bytes(network, tile_shape: Sequence[int], batch_size: int = 
     measured for the fnet U-Net, depths 2-4: ``k = 4`` for native convolutions (2D, GPU/TPU:
     the deeper levels reuse the first level's buffers), ``k = 10`` for 3D on CPU, where
     :mod:`labelfree_jax.models.ops` folds depth into the batch and holds depth-shifted copies
-    (measured 8.1-10.7). ``2 (C_in + C_out)``: input and output, host and device copies; 25 %
+    (measured 8.1-10.7); ``k = 48`` for the ConvNeXt U-Net (``architecture: "unext"``).
+    ``2 (C_in + C_out)``: input and output, host and device copies; 25 %
     margin for backend workspace (cuDNN) and fragmentation.
     """
     v = math.prod(int(t) for t in tile_shape)
     backend = backend or jax.default_backend()
-    k = _ACTIVATION_FACTOR_CPU_3D if backend == "cpu" and len(tuple(tile_shape)) == 3 else _ACTIVATION_FACTOR_NATIVE
+    if getattr(network, "architecture", "fnet") == "unext":
+        k = _ACTIVATION_FACTOR_UNEXT
+    elif backend == "cpu" and len(tuple(tile_shape)) == 3:
+        k = _ACTIVATION_FACTOR_CPU_3D
+    else:
+        k = _ACTIVATION_FACTOR_NATIVE
     per_voxel = k * _first_channels(network) + 2 * (int(network.in_channels) + int(network.out_channels))
     return int(4 * batch_size * v * per_voxel * _MEMORY_MARGIN)
 
@@ -217,25 +259,59 @@ def choose_tile_shape(
 # --------------------------------------------------------------------------------------------
 # overlap
 # --------------------------------------------------------------------------------------------
-def default_overlap(tile_shape: Sequence[int], spatial_shape: Sequence[int], size_multiple: int) -> tuple[int, ...]:
+def default_overlap(
+    tile_shape: Sequence[int], spatial_shape: Sequence[int], size_multiple: int, halo: Sequence[int] | None = None
+) -> tuple[int, ...]:
     """Default overlap per axis (voxels): ``min(64, tile // 2, tile - size_multiple)``.
 
-    0 where one tile covers the axis. (``tile - size_multiple`` keeps at least one aligned
-    step between tile starts.)
+    With a ``halo`` (per axis, :func:`halo`): ``min(max(64, 2 * halo), tile // 2, tile -
+    size_multiple)``, so that the seam halfway through the overlap is a halo inside both tiles
+    when the tile allows. 0 where one tile covers the axis. (``tile - size_multiple`` keeps at
+    least one aligned step between tile starts.)
     """
+    halos = tuple(halo) if halo is not None else (0,) * len(tuple(tile_shape))
     out = []
-    for t, s in zip(tile_shape, spatial_shape):
+    for t, s, h in zip(tile_shape, spatial_shape, halos):
         if t >= _round_up(s, size_multiple):
             out.append(0)
         else:
-            out.append(min(DEFAULT_MAX_OVERLAP, t // 2, t - size_multiple))
+            out.append(min(max(DEFAULT_MAX_OVERLAP, 2 * int(h)), t // 2, t - size_multiple))
     return tuple(out)
 
 
-def resolve_tile_overlap(overlap, tile: tuple[int, ...], spatial: tuple[int, ...], m: int) -> tuple[int, ...]:
+def seam_weights(tile_shape: Sequence[int], halo: Sequence[int], epsilon: float = SEAM_EPSILON) -> np.ndarray:
+    """Blending weights (float32, tile shape) that keep only each tile's exact interior.
+
+    1 at voxels at least ``halo`` (per axis) inside every side, ``epsilon`` per axis closer
+    (a product over axes, so > 0 as :func:`~labelfree_jax.inference.tiling.run_tiles` requires).
+    Used as ``run_tiles(..., weights=seam_weights(tile, halo(net)))`` with an overlap of at
+    least ``2 * halo + 1`` on every tiled axis, each voxel is dominated by a tile in which it is
+    exact, so the tiled output equals the whole-volume output to float rounding -- provided no
+    cut tile side lies within ``halo`` of the volume's border (second tile start >= halo, and
+    likewise at the far end): one array serves every tile, so it also damps sides on the
+    volume border, which is harmless only where every tile covering a voxel is damped alike.
+
+    Raises:
+        ValueError: ``halo`` has the wrong number of axes or a negative entry.
+    """
+    tile_shape = tuple(int(t) for t in tile_shape)
+    halos = tuple(int(h) for h in halo)
+    if len(halos) != len(tile_shape) or min(halos, default=0) < 0:
+        raise ValueError(f"halo {halos} must be one non-negative number per tile axis {tile_shape}")
+    w = np.ones((), np.float64)
+    for t, h in zip(tile_shape, halos):
+        i = np.arange(t)
+        inside = (i >= h) & (i < t - h)
+        w = np.multiply.outer(w, np.where(inside, 1.0, float(epsilon)))
+    return w.astype(np.float32)
+
+
+def resolve_tile_overlap(
+    overlap, tile: tuple[int, ...], spatial: tuple[int, ...], m: int, *, halo: Sequence[int] | None = None
+) -> tuple[int, ...]:
     """The overlap (voxels per axis) to tile a ``spatial`` working volume with ``tile`` tiles.
 
-    ``overlap``: None (:func:`default_overlap`), or voxels / tile fractions as
+    ``overlap``: None (:func:`default_overlap`, given ``halo``), or voxels / tile fractions as
     :func:`labelfree_jax.inference.tiling.resolve_overlap` takes them. An axis covered by one
     tile gets 0; an overlap above ``tile - m`` is lowered to it (with a warning).
 
@@ -243,7 +319,7 @@ def resolve_tile_overlap(overlap, tile: tuple[int, ...], spatial: tuple[int, ...
         InputError: ``overlap`` is not voxels or a fraction in [0, 1), or has the wrong length.
     """
     if overlap is None:
-        return default_overlap(tile, spatial, m)
+        return default_overlap(tile, spatial, m, halo)
     try:
         ov = resolve_overlap(tile, overlap)
     except ValueError as err:

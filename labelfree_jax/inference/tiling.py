@@ -339,8 +339,9 @@ def pad_to_plan(x: np.ndarray, plan: TilePlan) -> np.ndarray:
     return x
 
 
-def _weights_for(plan: TilePlan, weights: np.ndarray | str | None) -> Callable[[tuple[int, ...]], np.ndarray]:
-    """The blending weights of the tile starting at a corner, as :func:`run_tiles` describes ``weights``."""
+def tile_weights(plan: TilePlan, weights: np.ndarray | str | None) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """The blending weights of the tile starting at a corner (padded coordinates), as :func:`run_tiles`
+    describes ``weights`` (one array per distinct taper, cached)."""
     if weights is None:
         weights = np.ones(plan.tile_shape, np.float32)
     if isinstance(weights, str):
@@ -397,7 +398,7 @@ def run_tiles(
         raise ValueError(f"expected a (C, *{plan.ndim} spatial axes) array, got shape {x.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    weights_for = _weights_for(plan, weights)
+    weights_for = tile_weights(plan, weights)
     xp = pad_to_plan(x, plan)
     c_in = xp.shape[0]
     slices = list(plan.tile_slices())  # small: n_tiles tuples of slices, no array data

@@ -40,6 +40,14 @@ def _fmt_transforms(transforms) -> list[str]:
     return out
 
 
+def _network_name(net) -> str:
+    """The network's family in words: the pytorch_fnet U-Net or the ConvNeXt U-Net (2.5D: a z-stack in)."""
+    if net.architecture == "fnet":
+        return "pytorch_fnet U-Net"
+    stack = getattr(getattr(net, "unext", None), "stack_depth", None)
+    return "ConvNeXt U-Net (unext" + (f", 2.5D: {stack} z-planes in" if stack else "") + ")"
+
+
 def _front_matter(
     config: PackageConfig,
     short: str,
@@ -54,7 +62,7 @@ def _front_matter(
 ) -> str:
     """The card's YAML metadata (without the ``---`` fences): licence, tags, datasets, ``model-index``."""
     all_tags = ["labelfree-jax", "jax", "flax", "microscopy", "label-free-prediction", "image-to-image",
-                "fnet", "u-net", f"{config.network.ndim}d"]
+                "fnet" if config.network.architecture == "fnet" else "convnext", "u-net", f"{config.network.ndim}d"]
     all_tags += [t for t in tags if t not in all_tags]
     meta: dict[str, Any] = {"library_name": LIBRARY_NAME, "license": license}
     if license == "other":
@@ -104,7 +112,7 @@ def _usage_and_model_lines(config: PackageConfig, repo_id: str | None, zoo_name:
         ("The weights are `model.safetensors` (no pickle), the configuration is strict JSON "
          "(`config.json`); nothing in this repository is executed when loading."), "",
         "## Network", "",
-        (f"* fnet U-Net, {net.ndim}D, depth {net.depth}, {net.first_channels} channels at the first level, "
+        (f"* {_network_name(net)}, {net.ndim}D, depth {net.depth}, {net.first_channels} channels at the first level, "
          f"{net.in_channels} input -> {net.out_channels} output channel(s); spatial sides must be multiples "
          f"of {net.size_multiple} (prediction pads and tiles any size)."),
         "",
@@ -193,7 +201,7 @@ def render_model_card(
     lines = [
         "---", front.rstrip("\n"), "---", "",
         f"# {short}: {config.target_description} from {config.signal_description}", "",
-        config.description or "Label-free prediction model (pytorch_fnet U-Net) trained with labelfree-jax.", "",
+        config.description or f"Label-free prediction model ({_network_name(config.network)}) trained with labelfree-jax.", "",
     ]
     if revision_note:
         lines += [revision_note, ""]

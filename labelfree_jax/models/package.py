@@ -3,7 +3,7 @@
 A package is a folder (the same layout is published on the Hub)::
 
     config.json        PackageConfig (network, transforms, pixel sizes, metrics)
-    model.safetensors  float32 tensors "params/<path>" and "batch_stats/<path>" (path joined by "/")
+    model.safetensors  float32 tensors "params/<path>" and (fnet) "batch_stats/<path>" (path joined by "/")
     README.md          model card (optional locally)
 
 Loading never executes file content: the config is strict JSON, the weights are
@@ -26,7 +26,7 @@ from safetensors.numpy import load_file, save_file
 from labelfree_jax.core.atomic import atomic_path, atomic_write_text
 from labelfree_jax.core.errors import ConfigError, IntegrityError
 from labelfree_jax.models.config import NetworkConfig, PackageConfig
-from labelfree_jax.models.fnet import variable_shapes
+from labelfree_jax.models.networks import variable_shapes
 
 __all__ = [
     "CARD_FILE",
@@ -118,7 +118,8 @@ def save_package(
 def read_package(path: str | Path) -> tuple[PackageConfig, dict]:
     """Read and verify a model package folder: ``(config, variables)``.
 
-    ``variables`` is the Flax tree ``{"params": ..., "batch_stats": ...}`` of float32 numpy arrays.
+    ``variables`` is the Flax tree ``{"params": ..., "batch_stats": ...}`` (fnet) or ``{"params": ...}``
+    (unext: no batch statistics) of float32 numpy arrays.
 
     Raises:
         ConfigError: not a package folder, a file missing, or an invalid config.json.

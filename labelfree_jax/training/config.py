@@ -6,6 +6,14 @@ the network (:class:`~labelfree_jax.models.config.NetworkConfig`), the optimizer
 schedule, the patch loader (patch shape, batch size, image buffer, augmentation), the
 number of steps, checkpoint/validation intervals and the seed. Unknown keys are errors.
 
+Robust-training options, all off by default (a config without them trains exactly as before):
+intensity augmentations of the signal (``augmentation.scale_shift`` / ``contrast`` / ``gamma`` /
+``blur`` / ``noise``, :mod:`~labelfree_jax.training.augment`), the mixed loss
+(``"loss": {"name": "l1_ms_ssim", ...}``, :class:`MixedLoss`), an exponential moving average of
+the weights (``"ema": {"decay": 0.999}``, :class:`EmaConfig`) and percentile normalisation (the
+``normalize_percentile`` transform, per image or with dataset statistics measured once at the
+start of training: :mod:`~labelfree_jax.training.percentiles`).
+
 A run config also translates itself for the parts of a run: :meth:`RunConfig.loader_options`
 (the patch loader's settings, :class:`LoaderOptions`) and :meth:`RunConfig.package_config`
 (the :class:`~labelfree_jax.models.config.PackageConfig` of the trained model, with the
@@ -39,7 +47,16 @@ from pydantic import Field, field_validator, model_validator
 
 from labelfree_jax.core.schema import PixelSizes, StrictModel, load_model, parse_model
 from labelfree_jax.models.config import IntensityStatistics, NetworkConfig, PackageConfig
+from labelfree_jax.training.augment import (
+    BlurAugmentation,
+    ContrastAugmentation,
+    GammaAugmentation,
+    IntensityAugmentation,
+    NoiseAugmentation,
+    ScaleShiftAugmentation,
+)
 from labelfree_jax.transforms import Transform
+from labelfree_jax.transforms.intensity import NormalizePercentile
 
 __all__ = [
     "LOGGING_ONLY",
@@ -47,7 +64,9 @@ __all__ = [
     "AugmentationConfig",
     "DataConfig",
     "DatasetConfig",
+    "EmaConfig",
     "LoaderOptions",
+    "MixedLoss",
     "OptimizerConfig",
     "RunConfig",
     "ScheduleConfig",
@@ -59,6 +78,10 @@ RUN_CONFIG_VERSION = 1
 
 #: RunConfig fields that change only what a run logs, not what it trains (left out of :meth:`RunConfig.digest`).
 LOGGING_ONLY = ("tensorboard",)
+
+#: Options added after format version 1 was fixed: left out of :meth:`RunConfig.digest` and of the
+#: package's training record while off, so a config without them keeps its digest and record.
+_INTENSITY_AUGMENTATIONS = ("scale_shift", "contrast", "gamma", "blur", "noise")
 
 
 class DatasetConfig(StrictModel):
@@ -181,13 +204,82 @@ class ScheduleConfig(StrictModel):
 
 
 class AugmentationConfig(StrictModel):
-    """Random flips of each spatial axis (p = 0.5 each) and 90° rotations in the y-x plane.
-
-    Applied identically to signal, target and weight map of a patch.
+    """Random flips of each spatial axis (p = 0.5 each) and 90° rotations in the y-x plane, applied
+    identically to signal, target and weight map of a patch; and intensity augmentations of the
+    signal only (each None: off; see :mod:`~labelfree_jax.training.augment`).
     """
 
     flip: bool = False
     rotate90: bool = False
+    scale_shift: ScaleShiftAugmentation | None = None
+    contrast: ContrastAugmentation | None = None
+    gamma: GammaAugmentation | None = None
+    blur: BlurAugmentation | None = None
+    noise: NoiseAugmentation | None = None
+
+    def intensity(self) -> IntensityAugmentation | None:
+        """The intensity augmentations for the patch loader (None when none is on)."""
+        chosen = {name: getattr(self, name) for name in _INTENSITY_AUGMENTATIONS}
+        if all(v is None for v in chosen.values()):
+            return None
+        return IntensityAugmentation(**chosen)
+
+
+class MixedLoss(StrictModel):
+    """The mixed loss ``l1_weight * mean|p - t| + ms_ssim_weight * (1 - MS-SSIM(p, t))``.
+
+    MS-SSIM (Wang et al. 2003; :mod:`~labelfree_jax.training.losses`): ``weights`` are the
+    exponents of the scales, finest first, and their number is the number of scales (default:
+    the first three of the paper's five, 0.0448, 0.2856, 0.3001, scaled to sum 1); a Gaussian
+    ``window`` (odd number of taps) of standard deviation ``sigma``; ``data_range`` is the ``L``
+    of the constants ``C1 = (0.01 L)**2``, ``C2 = (0.03 L)**2`` (1 for 0..1 data such as
+    ``normalize_percentile``; a few units for z-scored data). 3D: ``axes="planes"`` scores every
+    z-plane as a 2D image, ``"volume"`` uses 3D windows. Every filtered patch side must hold the
+    window at the coarsest scale: ``>= window * 2**(scales - 1)``. Validation still reports MSE.
+    """
+
+    name: Literal["l1_ms_ssim"] = "l1_ms_ssim"
+    l1_weight: float = Field(0.16, ge=0.0)
+    ms_ssim_weight: float = Field(0.84, ge=0.0)
+    weights: tuple[float, ...] = (0.0711, 0.4530, 0.4759)
+    window: int = Field(11, ge=1)
+    sigma: float = Field(1.5, gt=0.0)
+    data_range: float = Field(1.0, gt=0.0)
+    axes: Literal["planes", "volume"] = "planes"
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value):
+        if not value or any(w < 0 for w in value):
+            raise ValueError(f"weights need one or more non-negative exponents, got {list(value)}")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, value):
+        if value % 2 == 0:
+            raise ValueError(f"window must be odd, got {value}")
+        return value
+
+    def filtered_axes(self, n_spatial: int) -> tuple[int, ...]:
+        """The spatial axes (0-based among ``n_spatial``) that windows and pooling act on."""
+        if n_spatial == 3 and self.axes == "planes":
+            return (1, 2)
+        return tuple(range(n_spatial))
+
+    def smallest_side(self) -> int:
+        """The shortest filtered side the loss works on: the window fits at the coarsest scale."""
+        return self.window * 2 ** (len(self.weights) - 1)
+
+
+class EmaConfig(StrictModel):
+    """An exponential moving average of the weights: after every step ``ema = decay * ema + (1 - decay) * w``.
+
+    It starts at the initial weights, averages the BatchNorm running statistics the same way, and
+    is what validation scores and the model package holds (the raw weights keep training).
+    """
+
+    decay: float = Field(0.999, gt=0.0, lt=1.0)
 
 
 class RunConfig(StrictModel):
@@ -228,7 +320,7 @@ class RunConfig(StrictModel):
     model: NetworkConfig = NetworkConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    loss: Literal["mse", "weighted_mse"] = "mse"
+    loss: Literal["mse", "weighted_mse"] | MixedLoss = "mse"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     patch_shape: tuple[int, ...] = (32, 64, 64)
     batch_size: int = Field(24, ge=1)
@@ -249,6 +341,30 @@ class RunConfig(StrictModel):
     target_description: str = "fluorescence"
     pixel_size_um: PixelSizes | None = None
     tensorboard: bool = False
+    ema: EmaConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_robust_options(self):
+        if isinstance(self.loss, MixedLoss):
+            sides = [self.patch_shape[a] for a in self.loss.filtered_axes(len(self.patch_shape))]
+            if any(s < self.loss.smallest_side() for s in sides):
+                raise ValueError(
+                    f"loss l1_ms_ssim: {len(self.loss.weights)} scales with a {self.loss.window}-tap window need "
+                    f"patch sides of at least {self.loss.smallest_side()} (window * 2**(scales - 1)) along the "
+                    f"filtered axes, got {list(sides)}; use fewer weights, a smaller window or larger patches"
+                )
+        for field in ("target_transforms", "prediction_signal_transforms"):
+            if any(_unresolved(t) for t in getattr(self, field)):
+                raise ValueError(f"{field}: normalize_percentile with statistics='dataset' is measured on the training "
+                                 f"signal only; use it in signal_transforms, or give its values")
+        steps = list(self.signal_transforms)
+        for i, t in enumerate(steps):
+            before = [s.name for s in steps[:i] if not s.is_geometric]
+            if _unresolved(t) and before:
+                raise ValueError(f"signal_transforms: normalize_percentile with statistics='dataset' is measured on "
+                                 f"the raw training signal, so only resize / pad / crop steps may come before it "
+                                 f"(found {before})")
+        return self
 
     @model_validator(mode="after")
     def _check_patch(self):
@@ -277,9 +393,23 @@ class RunConfig(StrictModel):
         """A short fingerprint of what the config trains (16 hex digits of a SHA-256 of its JSON).
 
         Fields that change only what is logged, not what is trained (:data:`LOGGING_ONLY`), are left out,
-        so turning on ``tensorboard`` keeps the digest (and the package) of a run the same.
+        so turning on ``tensorboard`` keeps the digest (and the package) of a run the same. So are the
+        robust-training options while they are off (a config written before they existed keeps its
+        digest) and the values that training measures for ``normalize_percentile`` with dataset
+        statistics (the config with them filled in is the same run).
         """
-        text = self.model_dump_json(indent=2, exclude=set(LOGGING_ONLY))
+        config = self
+        if any(isinstance(t, NormalizePercentile) and t.statistics == "dataset" for t in self.signal_transforms):
+            steps = tuple(t.model_copy(update={"values": None}) if isinstance(t, NormalizePercentile)
+                          and t.statistics == "dataset" else t for t in self.signal_transforms)
+            config = self.model_copy(update={"signal_transforms": steps})
+        exclude: dict[str, Any] = dict.fromkeys(LOGGING_ONLY, True)
+        if self.ema is None:
+            exclude["ema"] = True
+        off = {name for name in _INTENSITY_AUGMENTATIONS if getattr(self.augmentation, name) is None}
+        if off:
+            exclude["augmentation"] = off
+        text = config.model_dump_json(indent=2, exclude=exclude)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def loader_options(self) -> LoaderOptions:
@@ -295,6 +425,7 @@ class RunConfig(StrictModel):
             seed=self.seed,
             prefetch=self.prefetch_batches,
             use_weights=self.loss == "weighted_mse",
+            intensity=self.augmentation.intensity(),
         )
 
     def training_record(self, steps: int) -> dict[str, Any]:
@@ -305,14 +436,16 @@ class RunConfig(StrictModel):
             "patch_shape": list(self.patch_shape),
             "optimizer": self.optimizer.model_dump(mode="json"),
             "schedule": self.schedule.model_dump(mode="json"),
-            "loss": self.loss,
+            "loss": self.loss if isinstance(self.loss, str) else self.loss.model_dump(mode="json"),
             "compute_dtype": self.compute_dtype,
             "buffer_size": self.buffer_size,
             "buffer_switch_interval": self.buffer_switch_interval,
-            "augmentation": self.augmentation.model_dump(mode="json"),
+            "augmentation": self.augmentation.model_dump(mode="json", exclude_none=True),
             "seed": self.seed,
             "run_config_digest": self.digest(),
         }
+        if self.ema is not None:
+            record["ema"] = self.ema.model_dump(mode="json")
         train = self.data.train if self.data is not None else None
         if train is not None:
             record["train_manifest"] = Path(train.manifest).name
@@ -364,7 +497,8 @@ class LoaderOptions:
     """The :class:`~labelfree_jax.training.loader.PatchLoader` settings of a run config.
 
     The field names are the loader's keyword arguments (``PatchLoader(dataset, **options.kwargs(), ...)``);
-    ``use_weights`` is True for the ``weighted_mse`` loss.
+    ``use_weights`` is True for the ``weighted_mse`` loss; ``intensity`` holds the signal's intensity
+    augmentations (None: none).
     """
 
     patch_shape: tuple[int, ...]
@@ -377,9 +511,15 @@ class LoaderOptions:
     seed: int
     prefetch: int
     use_weights: bool
+    intensity: IntensityAugmentation | None = None
 
     def kwargs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _unresolved(transform: Any) -> bool:
+    """True for a ``normalize_percentile`` step with dataset statistics not measured yet."""
+    return isinstance(transform, NormalizePercentile) and transform.statistics == "dataset" and transform.values is None
 
 
 def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:

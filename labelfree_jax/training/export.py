@@ -12,6 +12,7 @@ from labelfree_jax.training.config import RunConfig
 from labelfree_jax.training.data_record import TrainingDataRecord
 from labelfree_jax.training.result import write_failure
 from labelfree_jax.training.run_files import PACKAGE_DIR
+from labelfree_jax.training.step import eval_variables
 
 __all__ = ["write_package"]
 
@@ -23,7 +24,8 @@ def write_package(config: RunConfig, run_dir: Path, state: dict, metrics: dict[s
     Args:
         config: the run config (:meth:`RunConfig.package_config` says what the package records).
         run_dir: the run directory.
-        state: the training state (its ``params`` and ``batch_stats`` are saved).
+        state: the training state (its ``params`` and ``batch_stats`` are saved, or their moving
+            average ``ema`` when the run keeps one).
         metrics: the final metrics (``train_loss``, ``val_loss``, ``val_pearson_r`` ...), finite.
         steps: the steps trained.
         data: what the training data showed (signal channels, their names, raw intensity
@@ -35,7 +37,7 @@ def write_package(config: RunConfig, run_dir: Path, state: dict, metrics: dict[s
     Raises:
         RunDirectoryError: the package cannot be written (each of its files is written atomically).
     """
-    variables = jax.device_get({"params": state["params"], "batch_stats": state["batch_stats"]})
+    variables = jax.device_get(eval_variables(state))  # the weights' moving average when the run keeps one
     data = data or TrainingDataRecord()
     package = config.package_config(
         metrics=metrics, steps=steps, signal_channels=data.signal_channels,

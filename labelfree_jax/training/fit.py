@@ -37,6 +37,7 @@ from labelfree_jax.training.distributed import DataParallel
 from labelfree_jax.training.loader import PatchLoader
 from labelfree_jax.training.loop import LoopParts, TrainLoop
 from labelfree_jax.training.optim import make_optimizer
+from labelfree_jax.training.percentiles import resolve_dataset_percentiles
 from labelfree_jax.training.result import RunDirectoryError, TrainResult
 from labelfree_jax.training.run_files import (
     CHECKPOINT_DIR,
@@ -118,6 +119,8 @@ def train(
     prepare_run_dir(run_dir)  # a read-only or unusable run directory fails before anything is computed
     parallel = DataParallel.over_all_devices(config.batch_size)
     train_ds, val_ds = _datasets(config, train_dataset, validation_dataset)
+    run_config = config  # as given (run_dir/config.json; resuming compares it)
+    config, train_ds, val_ds = resolve_dataset_percentiles(config, train_ds, val_ds)  # measured values, same digest
     tx = make_optimizer(config.optimizer, config.schedule, config.steps)
     state = init_train_state(config, parallel.replicated)
     checkpoints = Checkpoints((run_dir / CHECKPOINT_DIR).absolute(), config.keep_checkpoints)
@@ -129,7 +132,7 @@ def train(
             resumed_from = start_step
             log.info("resuming %s from step %d", run_dir, start_step)
         if parallel.is_main:
-            write_run_config(run_dir, config)
+            write_run_config(run_dir, run_config)
         keep_until = start_step if resumed_from is not None else None
         losses_log = CsvLog(run_dir / LOSSES_FILE, ["step", "loss", "val_loss"], keep_until=keep_until,
                             enabled=parallel.is_main)

@@ -5,7 +5,8 @@
 buffer image at a uniformly chosen position (never crossing the image edge); after every
 ``buffer_switch_interval`` patches the oldest buffer image is replaced by the next image
 of a shuffled pass over the dataset. Optional flips and 90° rotations in the y-x plane are
-applied identically to signal, target and weight.
+applied identically to signal, target and weight; optional intensity augmentations
+(:mod:`~labelfree_jax.training.augment`) change the signal only, after them.
 
 The loader is *counter based*: all randomness of patch ``p`` comes from
 ``numpy.random.default_rng((seed, p))`` and the buffer content at patch ``p`` is a pure
@@ -37,6 +38,7 @@ from typing import Any, Self
 import numpy as np
 
 from labelfree_jax.core.errors import ConfigError, InputError
+from labelfree_jax.training.augment import IntensityAugmentation, augment_signal
 from labelfree_jax.training.datasets import SPATIAL_AXES, ImagePair, PairDataset
 
 __all__ = [
@@ -68,6 +70,7 @@ class Batch:
 
 _PATCH_STREAM = 0x7061746368  # "patch": separates the patch and the image-order random streams
 _ORDER_STREAM = 0x6F72646572  # "order"
+_AUGMENT_STREAM = 0x696E74656E  # "inten": the intensity augmentations (their own stream: the patches stay the same)
 
 
 @dataclass
@@ -104,6 +107,8 @@ class PatchLoader:
         transfer: called on each finished :class:`Batch` in the background thread (e.g. to
             put it on the devices); its result is what iteration yields.
         use_weights: deliver the weight maps (when the dataset has them); False drops them.
+        intensity: intensity augmentations of the signal patches (None: none); patch ``p``
+            draws them from ``default_rng((seed, stream, p))``, a stream of their own.
 
     Raises:
         InputError: an image smaller than the patch (the message names it), or a dataset
@@ -128,6 +133,7 @@ class PatchLoader:
         process_count: int = 1,
         transfer: Callable[[Batch], Any] | None = None,
         use_weights: bool = True,
+        intensity: IntensityAugmentation | None = None,
     ):
         if len(dataset) == 0:
             raise InputError("the training dataset is empty")
@@ -151,6 +157,7 @@ class PatchLoader:
         self.prefetch = int(prefetch)
         self.transfer = transfer
         self.use_weights = bool(use_weights)
+        self.intensity = intensity
         self.stats = _Stats()
         self._epoch_orders: dict[int, np.ndarray] = {}
         self._cache: dict[int, ImagePair] = {}
@@ -282,6 +289,8 @@ class PatchLoader:
             if k:
                 x = np.rot90(x, k, axes=(-2, -1))
             out.append(x)
+        if self.intensity is not None:
+            out[0] = augment_signal(out[0], self.intensity, np.random.default_rng((self.seed, _AUGMENT_STREAM, p)))
         return out
 
     def _build(self, first: int) -> Batch:

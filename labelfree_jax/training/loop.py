@@ -145,6 +145,7 @@ class TrainLoop:
         self.state, loss = jit_train_step(
             self.state, batch.signal, batch.target, batch.weight, network=cfg.model,
             compute_dtype=cfg.compute_dtype, tx=p.tx, loss=cfg.loss, state_sharding=p.parallel.replicated,
+            ema_decay=None if cfg.ema is None else cfg.ema.decay,
         )
         self.step += 1
         step = self.step

@@ -26,7 +26,8 @@ FIELD_HELP: dict[str, str] = {
                                  "(see below)"),
     "data.split_seed": "seed of the random train/validation split of the rows",
     "signal_transforms": ("what is done to every input image before training and prediction: `normalize` "
-                          "z-scores each image (mean 0, standard deviation 1)"),
+                          "z-scores each image (mean 0, standard deviation 1); `normalize_percentile` maps "
+                          "percentiles to 0 and 1 instead (see *Robust-training options* below)"),
     "target_transforms": "the same for the fluorescence targets (the network learns z-scored fluorescence)",
     "model": "the U-Net",
     "model.ndim": "2 for 2D images (Y, X), 3 for z-stacks (Z, Y, X)",
@@ -43,16 +44,28 @@ FIELD_HELP: dict[str, str] = {
     "schedule": "how the learning rate changes over the run",
     "schedule.name": "`constant`, `cosine`, `linear`, `exponential` or `step`",
     "schedule.warmup_steps": "steps of linear ramp-up from 0 first",
-    "loss": "`mse` (mean squared error), or `weighted_mse` with a path_weight_map column",
+    "loss": ("`mse` (mean squared error), or `weighted_mse` with a path_weight_map column, or the mixed L1 + "
+             "MS-SSIM loss (see *Robust-training options* below)"),
     "patch_shape": ("the pieces of the images a step trains on, in voxels of the transformed image ((Y, X) or "
                     "(Z, Y, X)); each side a multiple of 2**depth and no larger than your images"),
     "batch_size": "patches per step (lower it if memory runs out; the global batch over all devices)",
     "buffer_size": "images held in memory at once; every patch comes from one of them",
     "buffer_switch_interval": ("after this many patches the oldest image in memory is replaced by the next one; "
                                "<= 0 never (then only the first buffer_size images are ever used)"),
-    "augmentation": "random changes applied identically to input and target patches",
+    "augmentation": ("random changes of the patches: flips and rotations (input and target alike) and intensity "
+                     "changes (input only)"),
     "augmentation.flip": "random flips of every spatial axis",
     "augmentation.rotate90": "random 90° rotations in the y-x plane",
+    "augmentation.scale_shift": ("off (null); input only: `x * scale + shift` (gain and offset), e.g. `{\"probability\": "
+                                 "0.5, \"scale\": [0.8, 1.2], \"shift\": [-0.2, 0.2]}`"),
+    "augmentation.contrast": ("off (null); input only: contrast around the patch mean, e.g. `{\"probability\": 0.5, "
+                              "\"range\": [0.7, 1.3]}`"),
+    "augmentation.gamma": ("off (null); input only: gamma curve between the patch's minimum and maximum, e.g. "
+                           "`{\"probability\": 0.5, \"range\": [0.7, 1.5]}`"),
+    "augmentation.blur": ("off (null); input only: Gaussian blur (defocus) of sigma pixels in y-x, e.g. "
+                          "`{\"probability\": 0.3, \"sigma\": [0.5, 1.5]}` (`\"include_z\": true` blurs z too)"),
+    "augmentation.noise": ("off (null); input only: added Gaussian noise of standard deviation sd (in the units "
+                           "after the transforms), e.g. `{\"probability\": 0.3, \"sd\": [0.0, 0.1]}`"),
     "steps": ("training steps (`labelfree train --steps N` overrides it; `--max-seconds S` stops early and still "
               "writes the package)"),
     "checkpoint_interval": "steps between checkpoints (a stopped run continues with `labelfree train ... --resume`)",
@@ -67,6 +80,8 @@ FIELD_HELP: dict[str, str] = {
                       "in training and in prediction; null: images are used as they are (a warning says so)"),
     "tensorboard": ("true: also write TensorBoard event files into `<run-dir>/tensorboard` (`pip install "
                     "'labelfree-jax[tensorboard]'`; then `tensorboard --logdir <run-dir>/tensorboard`)"),
+    "ema": ("off (null); `{\"decay\": 0.999}` keeps a moving average of the weights, which validation scores "
+            "and the package holds"),
 }
 
 
@@ -121,6 +136,26 @@ a CPU); the time left shown after it counts the steps after the first.
 | field | value | meaning |
 |---|---|---|
 {rows}
+
+## Robust-training options (off in this file)
+
+Each is off until you set it; the recipe above does not use them yet. They aim at robustness to
+other microscopes and imaging conditions:
+
+* Intensity augmentations of the input patches only (the target is never changed): set any of
+  `augmentation.scale_shift`, `contrast`, `gamma`, `blur`, `noise` to the example in the table
+  above. Each fires with its `probability` and draws its parameter uniformly from its range; the
+  same seed gives the same augmentations.
+* Percentile normalisation (as CSBDeep / CAREamics): replace `{{"name": "normalize"}}` by
+  `{{"name": "normalize_percentile", "low": 1.0, "high": 99.8}}` (each image's 1st and 99.8th
+  percentiles become 0 and 1), or add `"statistics": "dataset"` to measure the percentiles once
+  over the training images; the package records those values and prediction applies the same.
+* Mixed loss: `"loss": {{"name": "l1_ms_ssim", "l1_weight": 0.16, "ms_ssim_weight": 0.84,
+  "data_range": 1.0}}` (L1 plus 1 - MS-SSIM with 3 scales and an 11-pixel window: patch sides of
+  44 or more; 3D patches are scored plane by plane). `data_range` is the intensity range the
+  SSIM constants refer to: 1 after `normalize_percentile`, a few units after `normalize`.
+* `"ema": {{"decay": 0.999}}`: validation and the exported package use the moving average of the
+  weights.
 
 ## Validation with one or two image pairs
 

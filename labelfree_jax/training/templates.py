@@ -69,6 +69,13 @@ _COMMON: dict[str, Any] = {
     "tensorboard": False,
 }
 
+#: The robust-training options, written off (null) so they are visible in every template; ``train.md``
+#: says how to turn each on. They are not part of any recipe yet (the benchmarks decide).
+_OFF_BY_DEFAULT: dict[str, Any] = {
+    "augmentation": {"scale_shift": None, "contrast": None, "gamma": None, "blur": None, "noise": None},
+    "ema": None,
+}
+
 #: kind -> (what it is for, the changes to the common config, the example manifest rows, where the recipe is from)
 KINDS: dict[str, dict[str, Any]] = {
     "2d": {
@@ -131,6 +138,12 @@ def template_config(kind: str) -> dict[str, Any]:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     config = copy.deepcopy(_COMMON)
     config.update(copy.deepcopy(KINDS[kind]["config"]))
+    for key, value in _OFF_BY_DEFAULT.items():
+        if isinstance(value, dict):
+            for sub, off in value.items():
+                config[key].setdefault(sub, off)
+        else:
+            config.setdefault(key, value)
     RunConfig.from_json(config, source=f"the {kind} template")  # the template is always valid
     return config
 

@@ -22,7 +22,7 @@ from labelfree_jax.training.config import RunConfig
 from labelfree_jax.training.datasets import PairDataset
 from labelfree_jax.training.distributed import DataParallel
 from labelfree_jax.training.loader import sample_patches
-from labelfree_jax.training.step import jit_eval_step, mse_loss
+from labelfree_jax.training.step import eval_variables, jit_eval_step, mse_loss
 
 __all__ = ["Validator", "score"]
 
@@ -80,7 +80,7 @@ class Validator:
         """Eval-mode predictions of every validation patch, ``(N, C_out, *patch)`` float64 on the host."""
         cfg = self.config
         b = cfg.batch_size
-        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        variables = eval_variables(state)  # the weights' moving average when the run keeps one
         preds = []
         n = len(self.signal)
         for i in range(0, n, b):

@@ -18,7 +18,7 @@ Every transform has
   (resize, pad, crop), False for intensity transforms (normalize, clip).
 
 Modules: :mod:`.base` (the protocol, :class:`InverseInfo`, :func:`validate_image_array`),
-:mod:`.intensity` (normalize, norm_around_center, clip), :mod:`.geometry` (resize,
+:mod:`.intensity` (normalize, norm_around_center, normalize_percentile, clip), :mod:`.geometry` (resize,
 pad_to_multiple, crop_to_multiple), :mod:`.registry` (names → classes, the union, strict
 reading), :mod:`.pipeline` (:class:`Pipeline`). The strings of the original pytorch_fnet
 are parsed in :mod:`labelfree_jax.compat.fnet_transforms`. May import only
@@ -27,18 +27,20 @@ are parsed in :mod:`labelfree_jax.compat.fnet_transforms`. May import only
 
 from labelfree_jax.transforms.base import InverseInfo, validate_image_array
 from labelfree_jax.transforms.geometry import CropToMultiple, PadToMultiple, Resize
-from labelfree_jax.transforms.intensity import Clip, Normalize, NormAroundCenter
+from labelfree_jax.transforms.intensity import NORMALISED_UNITS, Clip, Normalize, NormalizePercentile, NormAroundCenter
 from labelfree_jax.transforms.pipeline import Pipeline, PipelineState
 from labelfree_jax.transforms.pixel_size import resolve_resize
 from labelfree_jax.transforms.registry import TRANSFORM_REGISTRY, Transform, transform_from_dict
 
 __all__ = [
+    "NORMALISED_UNITS",
     "TRANSFORM_REGISTRY",
     "Clip",
     "CropToMultiple",
     "InverseInfo",
     "NormAroundCenter",
     "Normalize",
+    "NormalizePercentile",
     "PadToMultiple",
     "Pipeline",
     "PipelineState",

@@ -1,6 +1,7 @@
-"""Intensity transforms: per-channel z-scoring (:class:`Normalize`, :class:`NormAroundCenter`) and :class:`Clip`.
+"""Intensity transforms: per-channel z-scoring (:class:`Normalize`, :class:`NormAroundCenter`), percentile
+normalisation (:class:`NormalizePercentile`) and :class:`Clip`.
 
-They keep the grid (``is_geometric = False``). The z-scoring inverses need the statistics of
+They keep the grid (``is_geometric = False``). The normalising inverses need the statistics of
 the input, so they only invert an array with the input's number of channels.
 """
 
@@ -16,7 +17,15 @@ from pydantic import Field, model_validator
 from labelfree_jax.core.errors import InputError
 from labelfree_jax.transforms.base import InverseInfo, _Float, _TransformBase
 
-__all__ = ["Clip", "NormAroundCenter", "Normalize"]
+__all__ = ["NORMALISED_UNITS", "Clip", "NormAroundCenter", "Normalize", "NormalizePercentile"]
+
+#: The transforms that normalise intensities, and the units an image has after each: the one list
+#: that prediction checks (is the input normalised?) and provenance (units of a prediction) read.
+NORMALISED_UNITS: dict[str, str] = {
+    "normalize": "z-score",
+    "norm_around_center": "z-score",
+    "normalize_percentile": "percentile-normalised (low percentile at 0, high at 1)",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +134,85 @@ class NormAroundCenter(_TransformBase):
         shape = tuple(x.shape[1:])
         return _zscore(x, mean, std), InverseInfo(
             self.name, shape, shape, tuple(map(float, mean)), tuple(map(float, std))
+        )
+
+    def _invert(self, y, info):
+        return _unzscore(self.name, y, info)
+
+
+class NormalizePercentile(_TransformBase):
+    """Map each channel's ``low`` and ``high`` percentiles to 0 and 1: ``(x - v_low) / (v_high - v_low)``.
+
+    The percentile normalisation of CSBDeep / CAREamics (``normalize(x, 1, 99.8)``, without
+    clipping; add a ``clip`` step after it to clip). Percentiles are numpy's (linear
+    interpolation), per channel over all its pixels.
+
+    * ``statistics="image"`` (default): ``v_low``, ``v_high`` are measured on each image.
+    * ``statistics="dataset"``: fixed values, one ``(v_low, v_high)`` pair per channel in
+      ``values``, in the units of this step's input. Training fills them in once from the
+      training images (:func:`labelfree_jax.training.percentiles.resolve_dataset_percentiles`)
+      and the model package records them, so prediction applies the same numbers.
+
+    Inverse: ``y * (v_high - v_low) + v_low`` with the values used forward (needs the same
+    number of channels).
+
+    Raises (from :meth:`apply`):
+        InputError: a channel whose two percentiles are equal (e.g. constant); dataset
+            statistics not filled in yet, or given for another number of channels.
+    """
+
+    name: Literal["normalize_percentile"] = "normalize_percentile"
+    low: _Float = Field(1.0, ge=0.0, le=100.0)
+    high: _Float = Field(99.8, ge=0.0, le=100.0)
+    statistics: Literal["image", "dataset"] = "image"
+    values: tuple[tuple[_Float, _Float], ...] | None = None
+    is_geometric: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.values is not None:
+            if self.statistics != "dataset":
+                raise ValueError("values are dataset statistics: give them with statistics='dataset'")
+            if not self.values:
+                raise ValueError("values needs one (low value, high value) pair per channel")
+            for c, (lo, hi) in enumerate(self.values):
+                if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                    raise ValueError(f"values of channel {c}: need finite low value < high value, got ({lo}, {hi})")
+        return self
+
+    def _channel_values(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(v_low, v_high)`` per channel (float64) for ``x`` (C, *spatial)."""
+        if self.statistics == "dataset":
+            if self.values is None:
+                raise InputError(
+                    "normalize_percentile with statistics='dataset' has no values yet: training measures them on "
+                    "the training images and the model package records them; outside training give values"
+                )
+            if len(self.values) != x.shape[0]:
+                raise InputError(
+                    f"normalize_percentile: the dataset statistics are for {len(self.values)} channel(s) but the "
+                    f"image has {x.shape[0]}"
+                )
+            vals = np.asarray(self.values, np.float64)
+            return vals[:, 0], vals[:, 1]
+        flat = x.reshape(x.shape[0], -1)
+        lo, hi = np.percentile(flat, [self.low, self.high], axis=1)
+        for c in range(flat.shape[0]):
+            if not hi[c] > lo[c]:
+                raise InputError(
+                    f"normalize_percentile: channel {c} has the same value ({lo[c]}) at percentiles {self.low} and "
+                    f"{self.high} (a constant or nearly constant channel), so it cannot be normalised"
+                )
+        return lo.astype(np.float64), hi.astype(np.float64)
+
+    def _apply(self, x, pixel_sizes):
+        lo, hi = self._channel_values(x)
+        shape = tuple(x.shape[1:])
+        scale = hi - lo
+        return _zscore(x, lo, scale), InverseInfo(
+            self.name, shape, shape, tuple(map(float, lo)), tuple(map(float, scale))
         )
 
     def _invert(self, y, info):

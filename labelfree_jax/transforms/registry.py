@@ -14,13 +14,13 @@ from pydantic import BaseModel, Field, ValidationError
 from labelfree_jax.core.errors import ConfigError
 from labelfree_jax.transforms.base import _TransformBase
 from labelfree_jax.transforms.geometry import CropToMultiple, PadToMultiple, Resize
-from labelfree_jax.transforms.intensity import Clip, Normalize, NormAroundCenter
+from labelfree_jax.transforms.intensity import Clip, Normalize, NormalizePercentile, NormAroundCenter
 
 __all__ = ["TRANSFORM_REGISTRY", "Transform", "transform_from_dict"]
 
 
 Transform = Annotated[
-    Normalize | NormAroundCenter | Resize | PadToMultiple | CropToMultiple | Clip,
+    Normalize | NormAroundCenter | Resize | PadToMultiple | CropToMultiple | Clip | NormalizePercentile,
     Field(discriminator="name"),
 ]
 """Any transform; the ``name`` field selects the class."""
@@ -32,6 +32,7 @@ TRANSFORM_REGISTRY: dict[str, type[_TransformBase]] = {
     "pad_to_multiple": PadToMultiple,
     "crop_to_multiple": CropToMultiple,
     "clip": Clip,
+    "normalize_percentile": NormalizePercentile,
 }
 """The fixed registry: transform name → class."""
 

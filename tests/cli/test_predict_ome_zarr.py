@@ -133,3 +133,18 @@ def test_bad_ngff_version_is_one_error_row(tmp_path, pkg, capsys, caplog):
     assert rc == 1 and "1 of 2 image(s) predicted, 1 failed" in stdout
     assert errors[0].getMessage() == f"{src}: prediction failed: OME-NGFF version '0.7' is not supported; supported: " \
                                      "0.4, 0.5"
+
+
+def test_stream_flag_streams_and_refusals_are_one_line(tmp_path, pkg, capsys, caplog):
+    src = write_image(tmp_path / "cell.ome.zarr", stack(7)[None], scale=SCALE, units=UNITS)
+    rc, stdout, _, _ = predict(["--model", str(pkg), str(src), "--out", str(tmp_path / "s"), "--stream"],
+                               capsys, caplog)
+    assert rc == 0 and "1 of 1 image(s) predicted" in stdout
+    streamed = read_image(tmp_path / "s" / "cell_prediction.ome.zarr").data
+    # the same prediction as in memory, to float32 rounding of the z-scored input (statistics summed in chunks)
+    np.testing.assert_allclose(streamed, _expected(pkg, stack(7)), rtol=0, atol=1e-5)
+    # TTA cannot be streamed: the image fails with one line saying why, nothing half-written is left
+    rc, _, stderr, _ = predict(["--model", str(pkg), str(src), "--out", str(tmp_path / "t"), "--stream", "--tta"],
+                               capsys, caplog)
+    assert rc == 1 and "test-time augmentation (tta) is not streamed" in summary(tmp_path / "t")[0]["error"]
+    assert not [p for p in (tmp_path / "t").iterdir() if p.name.endswith(".ome.zarr")]

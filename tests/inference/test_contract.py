@@ -27,7 +27,7 @@ from labelfree_jax.inference.predict import predict_array
 from labelfree_jax.inference.provenance import intensity_unit, output_channel_names
 from labelfree_jax.inference.summary import SUMMARY_COLUMNS, read_summary_rows, update_summary
 from labelfree_jax.models.config import IntensityStatistics, NetworkConfig, PackageConfig
-from labelfree_jax.transforms import Normalize, PadToMultiple, Resize
+from labelfree_jax.transforms import Normalize, NormalizePercentile, PadToMultiple, Resize
 from tests.inference.test_predict import SpyModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,6 +200,16 @@ def test_output_names_and_units():
     cfg = PackageConfig(name="p", network=NET, target_channels=("DNA",), target_transforms=(Normalize(),))
     assert output_channel_names(cfg) == ["DNA (predicted)"] and intensity_unit(cfg) == "z-score"
     assert output_channel_names(PackageConfig(name="p", network=NET)) == ["fluorescence (predicted)"]
+    assert intensity_unit(PackageConfig(name="p", network=NET)) == "training target units"
+    percentile = PackageConfig(name="p", network=NET, target_transforms=(NormalizePercentile(),))
+    assert intensity_unit(percentile).startswith("percentile-normalised")
+
+
+def test_percentile_normalised_packages_are_not_warned_about_normalisation():
+    cfg = PackageConfig(name="p", network=NET, signal_transforms=(NormalizePercentile(),), pixel_size_um=WORKING)
+    found: list[str] = []
+    predict_array(identity(cfg), ramp((8, 16, 16)), warnings=found, progress=False)
+    assert not [w for w in found if "normalise" in w], found
 
 
 # ------------------------------------------------------------------------------------------

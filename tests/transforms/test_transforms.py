@@ -345,6 +345,7 @@ def test_registry():
         "pad_to_multiple",
         "crop_to_multiple",
         "clip",
+        "normalize_percentile",  # issue 16
     }
     assert not Normalize.is_geometric and not NormAroundCenter.is_geometric and not Clip.is_geometric
     assert Resize.is_geometric and PadToMultiple.is_geometric and CropToMultiple.is_geometric
