@@ -21,6 +21,7 @@ Usage::
     python scripts/benchmark_accuracy.py --dataset cohen_frm --recipe modern   # the ConvNeXt U-Net recipe
 
 ``--recipe fnet`` (default) is the 2018 network with the recipe the sweep chose; ``--recipe modern``
+(and ``--recipe unext``, the same network with the fnet recipe's options and a constant learning rate)
 is the same data, split and time cap with the ConvNeXt U-Net (``architecture: "unext"``; 2.5D for
 the isl z-stack), percentile normalisation, signal intensity augmentations, L1 + MS-SSIM and an EMA
 of the weights (:data:`MODERN`). Each row records the training process's CPU seconds as well as its
@@ -194,6 +195,10 @@ def write_run_config(name: str, spec: dict, work: Path, recipe: str = "fnet", st
         config.update(MODERN_COMMON)
         config.update(MODERN[name])
         config["name"] = f"{name}-benchmark-modern"
+    elif recipe == "unext":  # the ConvNeXt U-Net with the fnet recipe's options (constant lr): the architecture alone
+        config["model"] = MODERN[name]["model"]
+        config["schedule"] = {"name": "constant"}
+        config["name"] = f"{name}-benchmark-unext"
     if steps:
         config["steps"] = steps
     path = folder / "train.json"
@@ -294,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "benchmark_accuracy")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table from results.json")
-    parser.add_argument("--recipe", choices=("fnet", "modern"), default="fnet",
-                        help="fnet: the 2018 network and the sweep's recipe; modern: ConvNeXt U-Net + robust training")
+    parser.add_argument("--recipe", choices=("fnet", "unext", "modern"), default="fnet",
+                        help="fnet: the 2018 network and the sweep's recipe; unext: the ConvNeXt U-Net with the fnet "
+                             "recipe's options (constant lr); modern: ConvNeXt U-Net + robust training")
     parser.add_argument("--steps", type=int, help="override the recipe's step count (the time cap still applies)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -32,7 +32,7 @@ from labelfree_jax.training.data_record import TrainingDataRecord
 from labelfree_jax.training.distributed import DataParallel
 from labelfree_jax.training.export import write_package
 from labelfree_jax.training.loader import PatchLoader
-from labelfree_jax.training.progress import COMPILING_MESSAGE, StepClock, format_eta
+from labelfree_jax.training.progress import COMPILING_MESSAGE, StepClock, eta_text
 from labelfree_jax.training.result import TrainingDivergedError, TrainResult
 from labelfree_jax.training.run_files import CsvLog, plot_losses, write_result
 from labelfree_jax.training.step import all_finite, jit_train_step
@@ -178,7 +178,9 @@ class TrainLoop:
 
     def _show(self, bar) -> None:
         if self.progress:
-            parts = [f"eta {format_eta(self.clock.eta(self.step, self.p.config.steps))}"]
+            cap_left = (None if self.max_seconds is None
+                        else self.max_seconds - (time.perf_counter() - self.t_start))
+            parts = [f"eta {eta_text(self.clock.eta(self.step, self.p.config.steps), cap_left)}"]
             if self.final_loss is not None and self.t_first is not None and self.step > self.step_first:
                 sps = (self.step - self.step_first) / max(time.perf_counter() - self.t_first - self.excluded, 1e-9)
                 parts += [f"loss {self.final_loss:.4g}", f"train {sps * self.p.config.batch_size:.1f} patches/s",

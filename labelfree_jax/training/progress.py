@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 
-__all__ = ["COMPILING_MESSAGE", "StepClock", "eta_seconds", "format_eta"]
+__all__ = ["COMPILING_MESSAGE", "StepClock", "eta_seconds", "eta_text", "format_eta"]
 
 #: Shown (progress bar and log) from the start of a run until its first step has been compiled.
 COMPILING_MESSAGE = "compiling the network (first step only)..."
@@ -39,6 +39,18 @@ def format_eta(seconds: float | None) -> str:
     h, rem = divmod(s, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def eta_text(eta: float | None, seconds_left_in_cap: float | None = None) -> str:
+    """The ETA the progress bar shows: the steps' ETA, or the run's time cap when that ends it sooner.
+
+    ``seconds_left_in_cap`` is what is left of ``max_seconds`` (None without a cap). A run that the
+    cap will stop shows the cap's remaining time with ``" (time cap)"``, instead of the hour the
+    remaining steps would take.
+    """
+    if seconds_left_in_cap is not None and (eta is None or seconds_left_in_cap < eta):
+        return f"{format_eta(max(seconds_left_in_cap, 0.0))} (time cap)"
+    return format_eta(eta)
 
 
 class StepClock:

@@ -199,3 +199,13 @@ def test_a_run_shorter_than_its_warmup_is_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="labelfree_jax"):
         _warn_about_the_schedule(RunConfig.model_validate({"steps": 400, "schedule": {"warmup_steps": 100}}))
     assert caplog.text == ""
+
+
+def test_the_eta_is_the_time_cap_when_the_cap_ends_the_run_sooner():
+    from labelfree_jax.training.progress import eta_text
+
+    assert eta_text(376.0, None) == "6:16"  # no cap: the steps' ETA
+    assert eta_text(376.0, 150.0) == "2:30 (time cap)"  # the cap stops the run first
+    assert eta_text(100.0, 150.0) == "1:40"  # the steps end first
+    assert eta_text(None, 90.0) == "1:30 (time cap)" and eta_text(None, None) == "?"
+    assert eta_text(10.0, -3.0) == "0:00 (time cap)"
