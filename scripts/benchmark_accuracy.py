@@ -89,6 +89,14 @@ MODERN: dict[str, dict] = {
         "augmentation": {"flip": True, "rotate90": True, **_ROBUST_AUGMENTATION},
     },
 }
+#: The robust recipe (issue 16): the fnet and its dataset recipe, plus percentile normalisation, the signal
+#: intensity augmentations and an EMA of the weights (BatchNorm statistics measured for the averaged weights);
+#: MSE. Chosen on the cohen_frm selection split (docs/benchmarks.md, "Recipe selection for issue 16").
+ROBUST_COMMON = {
+    "signal_transforms": PERCENTILE,
+    "target_transforms": PERCENTILE,
+    "ema": {"decay": 0.99},
+}
 MODERN_COMMON = {
     "signal_transforms": PERCENTILE,
     "target_transforms": PERCENTILE,
@@ -195,6 +203,10 @@ def write_run_config(name: str, spec: dict, work: Path, recipe: str = "fnet", st
         config.update(MODERN_COMMON)
         config.update(MODERN[name])
         config["name"] = f"{name}-benchmark-modern"
+    elif recipe == "robust":  # the 2018 network with the robust training options (chosen on the selection split)
+        config.update(ROBUST_COMMON)
+        config["augmentation"] = {**spec["config"]["augmentation"], **_ROBUST_AUGMENTATION}
+        config["name"] = f"{name}-benchmark-robust"
     elif recipe == "unext":  # the ConvNeXt U-Net with the fnet recipe's options (constant lr): the architecture alone
         config["model"] = MODERN[name]["model"]
         config["schedule"] = {"name": "constant"}
@@ -236,7 +248,59 @@ def evaluate_run(name: str, spec: dict, package_dir: Path, tta: bool = False) ->
     return rows
 
 
-def run_dataset(name: str, minutes: float, work: Path, recipe: str = "fnet", steps: int | None = None) -> list[dict]:
+#: Simulated changes of imaging conditions applied to the *input* at test time (robustness check, issue 16):
+#: the model sees the same field through a blurrier, noisier or differently-gamma'd transmitted-light
+#: channel. Linear changes (gain, offset) are left out: both normalisations (z-score, percentiles) undo them.
+SHIFTS = ("blur", "gamma", "noise")
+
+
+def shifted_input(signal: np.ndarray, shift: str, seed: int = 0) -> np.ndarray:
+    """``signal`` (C, [Z,] Y, X) float32 with one simulated imaging change, per channel.
+
+    ``blur``: Gaussian blur sigma 1 pixel in Y and X (a softer focus or lower-NA optics);
+    ``gamma``: the channel rescaled to [0, 1] by its min/max, raised to 0.7, scaled back (a different
+    detector response); ``noise``: Gaussian noise with SD 0.1 x the channel's SD (a lower signal-to-noise
+    camera), fixed seed.
+    """
+    from skimage.filters import gaussian
+
+    out = np.empty_like(signal, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    for c, channel in enumerate(signal.astype(np.float32)):
+        if shift == "blur":
+            sigma = (0.0,) * (channel.ndim - 2) + (1.0, 1.0)
+            out[c] = gaussian(channel, sigma=sigma, preserve_range=True)
+        elif shift == "gamma":
+            lo, hi = float(channel.min()), float(channel.max())
+            out[c] = lo + (hi - lo) * ((channel - lo) / max(hi - lo, 1e-12)) ** 0.7
+        elif shift == "noise":
+            out[c] = channel + rng.normal(0.0, 0.1 * float(channel.std()), channel.shape).astype(np.float32)
+        else:
+            raise ValueError(f"unknown shift {shift!r}; expected one of {SHIFTS}")
+    return out
+
+
+def evaluate_shifts(name: str, spec: dict, package_dir: Path, tta: bool = False) -> dict[str, list[float]]:
+    """Test-region Pearson r per target channel for each of :data:`SHIFTS` applied to the input."""
+    from labelfree_jax.evaluation import metrics
+    from labelfree_jax.imagefiles import read_image
+    from labelfree_jax.inference.model import load_package
+    from labelfree_jax.training.datasets import crop_region
+
+    model = load_package(package_dir)
+    signal = read_image(spec["signal"], axes=spec["signal_axes"]).data.astype(np.float32)
+    target = read_image(spec["target"], axes=spec["target_axes"]).data.astype(np.float32)
+    target_tests = crop_region(target, spec["test_region"], what=str(spec["target"]))
+    out = {}
+    for shift in SHIFTS:
+        prediction = model.predict(shifted_input(signal, shift), progress=False, tta=tta)
+        pred_tests = crop_region(prediction, spec["test_region"], what=f"{name} prediction ({shift})")
+        out[shift] = [metrics.pearson_r(p, t) for p, t in zip(pred_tests, target_tests)]
+    return out
+
+
+def run_dataset(name: str, minutes: float, work: Path, recipe: str = "fnet", steps: int | None = None,
+                cpu_minutes: float | None = None, shifts: bool = False) -> list[dict]:
     spec = _dataset_specs(minutes)[name]
     config_path = write_run_config(name, spec, work, recipe, steps)
     run_dir = config_path.parent / "run"
@@ -248,6 +312,8 @@ def run_dataset(name: str, minutes: float, work: Path, recipe: str = "fnet", ste
         log.info("moved the previous run to %s", previous)
     command = [sys.executable, "-m", "labelfree_jax", "train", str(config_path), "--run-dir", str(run_dir),
                "--max-seconds", str(int(spec["max_seconds"]))]
+    if cpu_minutes:
+        command += ["--max-cpu-seconds", str(int(60 * cpu_minutes))]
     log.info("running: %s", " ".join(command))
     t0 = time.perf_counter()
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -258,8 +324,13 @@ def run_dataset(name: str, minutes: float, work: Path, recipe: str = "fnet", ste
     summary = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
     tta = spec.get("tta", False)
     rows = evaluate_run(name, spec, run_dir / "package", tta=tta)
+    if shifts:
+        for shift, values in evaluate_shifts(name, spec, run_dir / "package", tta=tta).items():
+            for row, value in zip(rows, values):
+                row[f"r_{shift}"] = value
     shown_command = (f"python scripts/benchmark_accuracy.py --dataset {name} --minutes {minutes:g}"
-                     + (f" --recipe {recipe}" if recipe != "fnet" else "") + (f" --steps {steps}" if steps else ""))
+                     + (f" --recipe {recipe}" if recipe != "fnet" else "") + (f" --steps {steps}" if steps else "")
+                     + (f" --cpu-minutes {cpu_minutes:g}" if cpu_minutes else "") + (" --shifts" if shifts else ""))
     for row in rows:
         row.update(tta=tta, train_minutes=train_seconds / 60, steps=summary.get("steps"), command=shown_command,
                    recipe=recipe, train_cpu_minutes=train_cpu_seconds / 60,
@@ -292,6 +363,35 @@ def write_table(results: list[dict], path: Path) -> str:
     return table
 
 
+COMPARISON_START, COMPARISON_END = "<!-- recipe-comparison-start -->", "<!-- recipe-comparison-end -->"
+
+
+def write_comparison_table(results: list[dict], path: Path) -> str:
+    """The side-by-side table of recipes at equal CPU budgets (rows with ``--cpu-minutes``), with the
+    simulated-imaging-change columns, between :data:`COMPARISON_START` / :data:`COMPARISON_END` in ``path``."""
+    lines = [
+        ("| dataset | target | recipe | steps | train CPU time | Pearson r (test) | r, input blurred "
+         "| r, input gamma 0.7 | r, input + noise | whole-field r | SSIM | command |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    shift = lambda r, k: f"{r[k]:.3f}" if k in r else "—"
+    for r in sorted(results, key=lambda r: (r["dataset"], r["target"], r.get("recipe", "fnet") != "fnet")):
+        lines.append(
+            f"| {r['dataset']} | {r['target']} | {r.get('recipe', 'fnet')} | {r.get('steps')} | "
+            f"{r['train_cpu_minutes']:.1f} min | **{r['pearson_r']:.3f}**{' (flip TTA)' if r.get('tta') else ''} | "
+            f"{shift(r, 'r_blur')} | {shift(r, 'r_gamma')} | {shift(r, 'r_noise')} | {r['whole_r']:.3f} | "
+            f"{r['ssim']:.3f} | `{r['command']}` |")
+    table = "\n".join(lines)
+    text = path.read_text()
+    block = f"{COMPARISON_START}\n{table}\n{COMPARISON_END}"
+    if COMPARISON_START in text:
+        text = text[: text.index(COMPARISON_START)] + block + text[text.index(COMPARISON_END) + len(COMPARISON_END):]
+    else:
+        text += f"\n{block}\n"
+    path.write_text(text)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", action="append", choices=sorted(_dataset_specs(1)), help="repeatable")
@@ -299,10 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "benchmark_accuracy")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table from results.json")
-    parser.add_argument("--recipe", choices=("fnet", "unext", "modern"), default="fnet",
-                        help="fnet: the 2018 network and the sweep's recipe; unext: the ConvNeXt U-Net with the fnet "
-                             "recipe's options (constant lr); modern: ConvNeXt U-Net + robust training")
+    parser.add_argument("--recipe", choices=("fnet", "robust", "unext", "modern"), default="fnet",
+                        help="fnet: the 2018 network and the sweep's recipe; robust: the same plus percentile "
+                             "normalisation, intensity augmentations and EMA; unext: the ConvNeXt U-Net with the fnet "
+                             "recipe's options (constant lr); modern: ConvNeXt U-Net + robust training + L1/MS-SSIM")
     parser.add_argument("--steps", type=int, help="override the recipe's step count (the time cap still applies)")
+    parser.add_argument("--cpu-minutes", type=float,
+                        help="also stop training after this much CPU time of the training process (equal CPU budgets)")
+    parser.add_argument("--shifts", action="store_true",
+                        help="also evaluate with simulated imaging changes of the input (blur, gamma, noise)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not DATA.is_dir():
@@ -313,11 +418,14 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     if not args.table_only:
         for name in args.dataset or []:
-            rows = run_dataset(name, args.minutes, args.work, args.recipe, args.steps)
+            rows = run_dataset(name, args.minutes, args.work, args.recipe, args.steps, args.cpu_minutes, args.shifts)
             results = [r for r in results
                        if (r["dataset"], r.get("recipe", "fnet")) != (name, args.recipe)] + rows
             results_path.write_text(json.dumps(results, indent=2))
-    print(write_table(results, args.docs))
+    if args.cpu_minutes or any("r_blur" in r for r in results):
+        print(write_comparison_table([r for r in results if "r_blur" in r], args.docs))
+    else:
+        print(write_table(results, args.docs))
     return 0
 
 

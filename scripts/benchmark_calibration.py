@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         work.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(result, indent=2))
-    result = json.loads(results_path.read_text())
-    block = table(result, result["command"], result["cpu"], result["date"])
+    # one table per dataset measured so far (each dataset's results.json under --work)
+    results = [json.loads(p.read_text()) for p in sorted(args.work.glob("*/results.json"))]
+    block = "\n\n".join(table(r, r["command"], r["cpu"], r["date"]) for r in results)
     write_docs(args.docs, block)
     print(block)
     return 0

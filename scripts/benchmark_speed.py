@@ -20,6 +20,12 @@ precision and best against best; the header prints the CPU model and its avx512f
 avx512_bf16 / amx_bf16 / amx_tile flags. ``--accuracy-package`` adds the Pearson r of JAX's
 bf16 prediction against float32 with a trained package on a real image.
 
+``--onednn on|off|both`` (default ``both`` when the oneDNN library is available): JAX rows with
+the optional oneDNN convolutions (``labelfree_jax.models.onednn``; ``LABELFREE_ONEDNN=1``) and/or
+with XLA's own (``LABELFREE_ONEDNN=0``), all interleaved. A single-layer line compares the
+32→32 3×3×3 convolution at 1×32×128×128 (``--conv-shape``), forward, in GFLOP/s: oneDNN, XLA's
+native convolution, the pure-XLA ``cpu`` plan and PyTorch's ``conv3d``, per precision.
+
 ``--layers`` adds a per-layer table: every distinct stride-1 3×3×3 convolution of the net at
 the predict and train shapes, each ``conv_same`` formulation against ``torch.nn.functional.conv3d``
 (forward; forward + both gradients), in GFLOP/s.
@@ -28,6 +34,7 @@ Run from the repository root::
 
     python3 scripts/benchmark_speed.py                 # whole network, ~5 min on 2 cores
     python3 scripts/benchmark_speed.py --layers        # plus the per-layer table
+    python3 scripts/benchmark_speed.py --onednn off    # XLA convolutions only
     LABELFREE_CONV_IMPL=native python3 scripts/benchmark_speed.py   # XLA's native conv
 """
 
@@ -208,8 +215,69 @@ def accuracy_check(package: str, image: str) -> str:
             f"(depth {net_cfg.depth}, {net_cfg.mult_chan} channels): r = {r:.6f}, max |diff| / SD = {rel:.2e}")
 
 
+def _onednn_env(setting: str):
+    """Context: ``LABELFREE_ONEDNN`` set for ``setting`` ("on"/"off") while JAX traces."""
+
+    @contextlib.contextmanager
+    def cm():
+        old = os.environ.get("LABELFREE_ONEDNN")
+        os.environ["LABELFREE_ONEDNN"] = "1" if setting == "on" else "0"
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("LABELFREE_ONEDNN")
+            else:
+                os.environ["LABELFREE_ONEDNN"] = old
+
+    return cm()
+
+
+def _jax_callables(net, variables, tx, xp_jax, xt_jax, yt_jax):
+    """Compiled JAX predict and train-step callables (traced now: the oneDNN setting in force applies)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    fwd = jax.jit(lambda v, x: net.apply(v, x, train=False))
+    t = time.perf_counter()
+    fwd_c = fwd.lower(variables, xp_jax).compile()
+    compile_predict = time.perf_counter() - t
+
+    def jax_predict():
+        return fwd_c(variables, xp_jax).block_until_ready()
+
+    def step(state, x, y):
+        def loss_fn(params):
+            out, upd = net.apply(
+                {"params": params, "batch_stats": state["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.mean((out.astype(jnp.float32) - y) ** 2), upd["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats, "opt": opt}, loss
+
+    state = {"params": variables["params"], "batch_stats": variables["batch_stats"], "opt": tx.init(variables["params"])}
+    state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)
+    t = time.perf_counter()
+    step_c = jax.jit(step, donate_argnums=0).lower(state, xt_jax, yt_jax).compile()
+    compile_train = time.perf_counter() - t
+    holder = {"state": state}
+
+    def jax_train():
+        holder["state"], loss = step_c(holder["state"], xt_jax, yt_jax)
+        return float(loss)
+
+    return jax_predict, compile_predict, jax_train, compile_train
+
+
 def build(args, dtype: str):
-    """The two networks with the same weights, and their predict/train callables in ``dtype``."""
+    """The two networks with the same weights, and their predict/train callables in ``dtype``.
+
+    Returns ``(config, {task: {"torch": fn, "jax-<setting>": fn, ..., "nvox": n, "compile": {variant: s}}},
+    {variant: max |JAX - PyTorch| / SD of the predictions})``, one JAX variant per ``args.onednn_settings``.
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -245,13 +313,6 @@ def build(args, dtype: str):
     xp = rng.standard_normal((1, cfg.in_channels, *args.predict_shape)).astype(np.float32)
     xp_jax = jnp.asarray(np.moveaxis(xp, 1, -1))
     xp_torch = torch.from_numpy(xp).to(dev)
-    fwd = jax.jit(lambda v, x: net.apply(v, x, train=False))
-    t = time.perf_counter()
-    fwd_c = fwd.lower(variables, xp_jax).compile()
-    compile_predict = time.perf_counter() - t
-
-    def jax_predict():
-        return fwd_c(variables, xp_jax).block_until_ready()
 
     def torch_predict():
         tnet.eval()
@@ -265,28 +326,13 @@ def build(args, dtype: str):
     yt = rng.standard_normal((args.batch, cfg.out_channels, *args.train_shape)).astype(np.float32)
     xt_jax, yt_jax = jnp.asarray(np.moveaxis(xt, 1, -1)), jnp.asarray(np.moveaxis(yt, 1, -1))
     tx = optax.adam(args.lr)
-
-    def step(state, x, y):
-        def loss_fn(params):
-            out, upd = net.apply(
-                {"params": params, "batch_stats": state["batch_stats"]}, x, train=True, mutable=["batch_stats"]
-            )
-            return jnp.mean((out.astype(jnp.float32) - y) ** 2), upd["batch_stats"]
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "batch_stats": stats, "opt": opt}, loss
-
-    state = {"params": variables["params"], "batch_stats": variables["batch_stats"], "opt": tx.init(variables["params"])}
-    state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)
-    t = time.perf_counter()
-    step_c = jax.jit(step, donate_argnums=0).lower(state, xt_jax, yt_jax).compile()
-    compile_train = time.perf_counter() - t
-    holder = {"state": state}
-
-    def jax_train():
-        holder["state"], loss = step_c(holder["state"], xt_jax, yt_jax)
-        return float(loss)
+    tasks = {"predict": {"torch": torch_predict, "nvox": int(np.prod(args.predict_shape)), "compile": {}},
+             "train": {"nvox": args.batch * int(np.prod(args.train_shape)), "compile": {}}}
+    for setting in args.onednn_settings:
+        with _onednn_env(setting):
+            jp, cp, jt, ct = _jax_callables(net, variables, tx, xp_jax, xt_jax, yt_jax)
+        tasks["predict"][f"jax-{setting}"], tasks["predict"]["compile"][f"jax-{setting}"] = jp, cp
+        tasks["train"][f"jax-{setting}"], tasks["train"]["compile"][f"jax-{setting}"] = jt, ct
 
     topt = torch.optim.Adam(tnet.parameters(), lr=args.lr)
     xt_torch, yt_torch = torch.from_numpy(xt).to(dev), torch.from_numpy(yt).to(dev)
@@ -301,15 +347,15 @@ def build(args, dtype: str):
         topt.step()
         return float(loss.detach())
 
-    # parity of the two predictions (same weights; BN running stats are the initial 0/1),
+    tasks["train"]["torch"] = torch_train
+    # parity of the predictions (same weights; BN running stats are the initial 0/1),
     # relative to the output's standard deviation
     expected = torch_predict().float().cpu().numpy()
-    got = np.asarray(jax_predict()).astype(np.float32)
-    diff = float(np.max(np.abs(np.moveaxis(got, -1, 1) - expected)) / expected.std())
-    return cfg, {
-        "predict": (jax_predict, torch_predict, int(np.prod(args.predict_shape)), compile_predict),
-        "train": (jax_train, torch_train, args.batch * int(np.prod(args.train_shape)), compile_train),
-    }, diff
+    diff = {}
+    for setting in args.onednn_settings:
+        got = np.asarray(tasks["predict"][f"jax-{setting}"]()).astype(np.float32)
+        diff[f"jax-{setting}"] = float(np.max(np.abs(np.moveaxis(got, -1, 1) - expected)) / expected.std())
+    return cfg, tasks, diff
 
 
 def layer_table(args, cfg) -> list[str]:
@@ -335,14 +381,16 @@ def layer_table(args, cfg) -> list[str]:
             ts.append(time.perf_counter() - t)
         return min(ts)
 
-    fwd_forms = [f for f in ops.FORWARD_FORMS if f != "broadcast"]
+    with_onednn = "on" in args.onednn_settings
+    fwd_forms = [f for f in ops.FORWARD_FORMS if f != "broadcast"] + ([ops.ONEDNN_FORM] if with_onednn else [])
     rows = [
         "| pass | shape (B, Z, Y, X) | C_in→C_out | PyTorch | " + " | ".join(fwd_forms) + " | broadcast | JAX best / PyTorch |",
         "|---|---|---|---|" + "---|" * len(fwd_forms) + "---|---|",
     ]
     bwd_rows = [
-        "| pass | shape (B, Z, Y, X) | C_in→C_out | PyTorch | native (autodiff) | cpu plan | JAX best / PyTorch | plan (forward / input grad / kernel grad) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| pass | shape (B, Z, Y, X) | C_in→C_out | PyTorch | native (autodiff) | cpu plan | JAX best / PyTorch | plan (forward / input grad / kernel grad) |"
+        + (" cpu plan with oneDNN | its plan |" if with_onednn else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if with_onednn else ""),
     ]
     rng = np.random.default_rng(0)
     seen = set()
@@ -361,7 +409,7 @@ def layer_table(args, cfg) -> list[str]:
             tg = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(g), -1, 1)))
             if mode == "fwd":
 
-                def tfn():
+                def tfn(tx=tx, tk=tk):
                     with torch.no_grad():
                         torch.nn.functional.conv3d(tx, tk, padding=1)
 
@@ -369,7 +417,7 @@ def layer_table(args, cfg) -> list[str]:
                 tx.requires_grad_(True)
                 tk.requires_grad_(True)
 
-                def tfn():
+                def tfn(tx=tx, tk=tk, tg=tg):
                     y = torch.nn.functional.conv3d(tx, tk, padding=1)
                     torch.autograd.grad(y, (tx, tk), tg)
 
@@ -379,59 +427,126 @@ def layer_table(args, cfg) -> list[str]:
                 for form in fwd_forms + (["broadcast"] if ci == 1 else []):
                     plan = ops.ConvPlan(form, form, "autodiff")
                     f = jax.jit(lambda x, k, plan=plan: ops.conv_same(x, k, plan))
-                    rates[form] = flop / best(lambda f=f: f(x, k).block_until_ready(), args.layer_repeats) / 1e9
+                    rates[form] = flop / best(lambda f=f, x=x, k=k: f(x, k).block_until_ready(), args.layer_repeats) / 1e9
                 cells = [f"{rates[f]:.0f}" for f in fwd_forms] + [f"{rates['broadcast']:.0f}" if "broadcast" in rates else "-"]
                 line = f"| {mode} | {shape} | {ci}→{co} | {flop / t_torch / 1e9:.0f} | " + " | ".join(cells)
                 line += f" | {max(rates.values()) * t_torch * 1e9 / flop:.2f} |"
                 rows.append(line)
             else:
                 plan = ops.plan_conv(x.shape, k.shape)
-                for name, impl in (("native", "native"), ("cpu", plan)):
+                impls = [("native", "native"), ("cpu", plan)]
+                if with_onednn:
+                    impls.append(("onednn", ops.plan_conv(x.shape, k.shape, use_onednn=True)))
+                for name, impl in impls:
                     f = jax.jit(lambda x, k, g, impl=impl: jax.vjp(lambda x, k: ops.conv_same(x, k, impl), x, k)[1](g))
-                    rates[name] = flop / best(lambda f=f: jax.block_until_ready(f(x, k, g)), args.layer_repeats) / 1e9
+                    rates[name] = flop / best(lambda f=f, x=x, k=k, g=g: jax.block_until_ready(f(x, k, g)),
+                                              args.layer_repeats) / 1e9
+                onednn_cell = f" {rates['onednn']:.0f} | {_plan_text(impls[-1][1])} |" if with_onednn else ""
                 line = (
                     f"| {mode} | {shape} | {ci}→{co} | {flop / t_torch / 1e9:.0f} | {rates['native']:.0f} | {rates['cpu']:.0f} "
-                    f"| {max(rates.values()) * t_torch * 1e9 / flop:.2f} | {plan.forward} / {plan.input_grad} / {plan.kernel_grad} |"
+                    f"| {max(rates.values()) * t_torch * 1e9 / flop:.2f} | {_plan_text(plan)} |{onednn_cell}"
                 )
                 bwd_rows.append(line)
             print(line, f"(load {os.getloadavg()[0]:.1f})", flush=True)
     return rows + [""] + bwd_rows
 
 
+_LABELS = {"jax-on": "JAX (oneDNN)", "jax-off": "JAX (XLA)", "torch": "PyTorch"}
+
+
+def _plan_text(plan) -> str:
+    return f"{plan.forward} / {plan.input_grad} / {plan.kernel_grad}"
+
+
 def run_tasks(args, tasks: list[str], dtypes: tuple[str, ...], fpv: float) -> list[str]:
-    """Time every (task, dtype, framework), interleaved; the markdown table rows."""
-    fns, keys = {}, [(task, dt, fw) for task in tasks for dt in dtypes for fw in ("jax", "torch")]
+    """Time every (task, dtype, framework variant), interleaved; the markdown table rows."""
+    variants = [f"jax-{s}" for s in args.onednn_settings] + ["torch"]
+    fns, keys = {}, [(task, dt, fw) for task in tasks for dt in dtypes for fw in variants]
     for dt in dtypes:
         _, fns[dt], diff = build(args, dt)
-        print(f"{dt}: predict output, same weights: max |JAX - PyTorch| / std = {diff:.1e}", flush=True)
+        for variant, d in diff.items():
+            print(f"{dt}: predict output, same weights: max |{_LABELS[variant]} - PyTorch| / std = {d:.1e}", flush=True)
     timers = {key: Timer("/".join(key)) for key in keys}
-    fn = {(task, dt, fw): fns[dt][task][0 if fw == "jax" else 1] for task, dt, fw in keys}
+    fn = {(task, dt, fw): fns[dt][task][fw] for task, dt, fw in keys}
     for key in keys:  # one untimed warm-up each
         fn[key]()
     for r in range(args.repeats):
         for key in keys:
             timers[key].run(fn[key])
-            print(f"  repeat {r + 1}: {' '.join(key):24s} {timers[key].wall[-1]:7.2f} s "
+            print(f"  repeat {r + 1}: {' '.join(key):28s} {timers[key].wall[-1]:7.2f} s "
                   f"(cpu {timers[key].cpu[-1]:6.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)
     rows = ["| task | precision | framework | median s | Mvox/s | effective GFLOP/s | JAX/PyTorch | compile s | peak RSS growth GiB |",
             "|---|---|---|---|---|---|---|---|---|"]
     for task in tasks:
         mult = 1 if task == "predict" else 3
         for dt in dtypes:
-            nvox, compile_s = fns[dt][task][2], fns[dt][task][3]
-            tj, tt = timers[(task, dt, "jax")].median, timers[(task, dt, "torch")].median
-            for fw, tm in (("JAX", tj), ("PyTorch", tt)):
-                ratio = f"**{tt / tj:.2f}x**" if fw == "JAX" else ""
-                comp = f"{compile_s:.1f}" if fw == "JAX" else "-"
-                rss = timers[(task, dt, fw.lower().replace("pytorch", "torch"))].rss / 2**30
-                rows.append(f"| {task} | {dt} | {fw} | {tm:.4g} | {nvox / tm / 1e6:.3f} | {mult * fpv * nvox / tm / 1e9:.0f} "
-                            f"| {ratio} | {comp} | {rss:.2f} |")
-        if len(dtypes) > 1:
-            bj = min(dtypes, key=lambda dt: timers[(task, dt, "jax")].median)
+            nvox = fns[dt][task]["nvox"]
+            tt = timers[(task, dt, "torch")].median
+            for fw in variants:
+                tm = timers[(task, dt, fw)].median
+                ratio = f"**{tt / tm:.2f}x**" if fw != "torch" else ""
+                comp = f"{fns[dt][task]['compile'][fw]:.1f}" if fw != "torch" else "-"
+                rss = timers[(task, dt, fw)].rss / 2**30
+                rows.append(f"| {task} | {dt} | {_LABELS[fw]} | {tm:.4g} | {nvox / tm / 1e6:.3f} "
+                            f"| {mult * fpv * nvox / tm / 1e9:.0f} | {ratio} | {comp} | {rss:.2f} |")
+        if len(dtypes) > 1 or len(variants) > 2:
+            jax_keys = [(dt, fw) for dt in dtypes for fw in variants if fw != "torch"]
+            bj = min(jax_keys, key=lambda k: timers[(task, *k)].median)
             bt = min(dtypes, key=lambda dt: timers[(task, dt, "torch")].median)
-            tj, tt = timers[(task, bj, "jax")].median, timers[(task, bt, "torch")].median
-            rows.append(f"| {task} | best: JAX {bj}, PyTorch {bt} | best against best | | | | **{tt / tj:.2f}x** | | |")
+            tj, tt = timers[(task, *bj)].median, timers[(task, bt, "torch")].median
+            rows.append(f"| {task} | best: {_LABELS[bj[1]]} {bj[0]}, PyTorch {bt} | best against best | | | "
+                        f"| **{tt / tj:.2f}x** | | |")
     return rows
+
+
+def single_layer(args, dtypes: tuple[str, ...]) -> list[str]:
+    """GFLOP/s (best of ``--layer-repeats``) of one 3×3×3 'same' convolution, forward: oneDNN, XLA, PyTorch."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from labelfree_jax.models import onednn, ops
+
+    b, z, y, x_, c = args.conv_shape
+    rng = np.random.default_rng(0)
+    flop = 2 * 27 * c * c * b * z * y * x_
+    lines = []
+    for dt in dtypes:
+        jdt = getattr(jnp, dt)
+        x = jnp.asarray(rng.standard_normal((b, z, y, x_, c)), jnp.float32).astype(jdt)
+        k = jnp.asarray(rng.standard_normal((3, 3, 3, c, c)) / np.sqrt(27 * c), jnp.float32).astype(jdt)
+        impls = {"XLA native": "native", "XLA cpu plan": "cpu"}
+        if "on" in args.onednn_settings:
+            impls = {"oneDNN": "onednn", **impls}
+        rates = {}
+        for name, impl in impls.items():
+            f = jax.jit(lambda x, k, impl=impl: ops.conv_same(x, k, impl))
+            rates[name] = flop / _best(lambda f=f, x=x, k=k: f(x, k).block_until_ready(), args.layer_repeats) / 1e9
+        tx = torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x.astype(jnp.float32)), -1, 1)))
+        tk = torch.from_numpy(np.ascontiguousarray(np.asarray(k.astype(jnp.float32)).transpose(4, 3, 0, 1, 2)))
+        tx, tk = tx.to(getattr(torch, dt)), tk.to(getattr(torch, dt))
+
+        def tfn(tx=tx, tk=tk):
+            with torch.no_grad():
+                torch.nn.functional.conv3d(tx, tk, padding=1)
+
+        rates["PyTorch"] = flop / _best(tfn, args.layer_repeats) / 1e9
+        lines.append(f"single layer {c}→{c} 3×3×3 at {b}×{z}×{y}×{x_} forward, {dt}, GFLOP/s: "
+                     + ", ".join(f"{n} {r:.0f}" for n, r in rates.items()) + f" (load {os.getloadavg()[0]:.1f})")
+        print(lines[-1], flush=True)
+    if "on" in args.onednn_settings:
+        print("oneDNN primitives (pass|dims|dtypes implementation):\n" + onednn.info(), flush=True)
+    return lines
+
+
+def _best(fn, n: int) -> float:
+    fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
 
 
 def main(argv=None) -> int:
@@ -454,6 +569,11 @@ def main(argv=None) -> int:
                    help="trained 3D model package: also report r of JAX's bf16 prediction against fp32")
     p.add_argument("--accuracy-image", default="../shared/data/allen_fnet2017_crop/brightfield.tif",
                    help="single-channel 3D TIFF for --accuracy-package")
+    p.add_argument("--onednn", choices=("on", "off", "both"), default="both",
+                   help="JAX rows with oneDNN convolutions (on), XLA's (off) or both, interleaved "
+                        "(on/both need the oneDNN library: pip install 'labelfree-jax[onednn]')")
+    p.add_argument("--conv-shape", type=int, nargs=5, default=(1, 32, 128, 128, 32), metavar=("B", "Z", "Y", "X", "C"),
+                   help="the single-layer line: C→C 3×3×3 convolution of this input (empty with --conv-shape 0 0 0 0 0)")
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
     p.add_argument("--layer-repeats", type=int, default=3)
     args = p.parse_args(argv)
@@ -464,14 +584,21 @@ def main(argv=None) -> int:
     import torch
 
     from labelfree_jax.core.allocator import tune_malloc
+    from labelfree_jax.models import onednn
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    onednn_ok = onednn.available()
+    settings = {"on": ("on",), "off": ("off",), "both": ("on", "off")}[args.onednn]
+    if not onednn_ok and "on" in settings:
+        print(f"# oneDNN not available ({onednn.unavailable_reason()}); JAX rows use XLA's convolutions")
+        settings = ("off",)
+    args.onednn_settings = settings
     dtypes = ("float32", "bfloat16") if args.dtype == "both" else (args.dtype,)
     print(f"# {cpu_flags()}; {os.cpu_count()} cores; jax {jax.__version__} "
           f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"conv impl {os.environ.get('LABELFREE_CONV_IMPL', 'auto')}; malloc tuned {tune_malloc()}; device {args.device}, "
-          f"{'/'.join(dtypes)}; load {os.getloadavg()}")
+          f"{'/'.join(dtypes)}; oneDNN {'/'.join(settings)}; load {os.getloadavg()}")
     if args.device == "cuda":
         print(f"# GPU: jax {jax.devices()[0].device_kind}, torch {torch.cuda.get_device_name()}; "
               f"torch cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
@@ -490,11 +617,14 @@ def main(argv=None) -> int:
           f"train {best_peak * 1e9 / (3 * fpv) / 1e6:.3f} Mvox/s")
 
     tasks = [t for t in args.tasks.split(",") if t]
+    layer_line = single_layer(args, dtypes) if all(args.conv_shape) else []
     rows = run_tasks(args, tasks, dtypes, fpv) if tasks else []
     accuracy = accuracy_check(args.accuracy_package, args.accuracy_image) if args.accuracy_package else ""
     layer_rows = layer_table(args, cfg) if args.layers else []
     print()
     print("\n".join(rows))
+    if layer_line:
+        print("\n".join(layer_line))
     if accuracy:
         print(accuracy)
     if layer_rows:

@@ -13,7 +13,10 @@ Usage::
 
     python scripts/sweep_recipes.py recipes.json [--work DIR] [--out results.json]
 
-``recipes.json``: ``[{"name": "isl-base", "dataset": "isl_condition_b", "config": {...}}, ...]``.
+``recipes.json``: ``[{"name": "isl-base", "dataset": "isl_condition_b", "config": {...}}, ...]``; optional
+per recipe: ``"top"`` (deep-merged into the whole run config), ``"replace"`` (top-level run-config fields
+replaced whole, e.g. a different ``"model"``) and ``"cpu_seconds"`` (stop after that much process CPU
+time: equal CPU budgets on a shared machine).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import argparse
 import copy
 import json
 import logging
+import shutil
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,14 +65,20 @@ def run_recipe(recipe: dict, work: Path, selection: bool = True) -> list[dict]:
     if selection:
         spec["train_region"], spec["test_region"] = SELECTION_SPLITS[recipe["dataset"]]
     path = bench.write_run_config(recipe["name"], spec, work)
-    path.write_text(json.dumps(deep_merge(json.loads(path.read_text()), recipe.get("top", {})), indent=2))
+    config = deep_merge(json.loads(path.read_text()), recipe.get("top", {}))
+    config.update(recipe.get("replace", {}))
+    path.write_text(json.dumps(config, indent=2))
     run_dir = work / recipe["name"] / "run"
-    result = train(load_run_config(path), run_dir, progress=False)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    cpu0 = time.process_time()
+    result = train(load_run_config(path), run_dir, progress=False, max_cpu_seconds=recipe.get("cpu_seconds"))
+    cpu_seconds = time.process_time() - cpu0
     rows = []
     for tta in (False, True):
         for row in bench.evaluate_run(recipe["dataset"], spec, run_dir / "package", tta=tta):
             row.update(recipe=recipe["name"], split="selection" if selection else "test", tta=tta,
-                       train_seconds=result.seconds, steps=result.steps)
+                       train_seconds=result.seconds, train_cpu_seconds=cpu_seconds, steps=result.steps)
             rows.append(row)
     return rows
 
@@ -103,6 +114,7 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"{r['recipe']:28s} tta={int(r['tta'])} {r['target']:7s} r={r['pearson_r']:.3f} "
                   f"whole={r['whole_r']:.3f} ssim={r['ssim']:.3f} train {r['train_seconds']:.0f} s "
+                  f"cpu {r['train_cpu_seconds']:.0f} s "
                   f"steps {r['steps']}", flush=True)
     return 0
 

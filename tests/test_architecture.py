@@ -84,5 +84,5 @@ def test_every_subpackage_is_listed_for_the_wheel():
     import tomllib
 
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    on_disk = {"labelfree_jax"} | {f"labelfree_jax.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in PACKAGE.rglob("__init__.py")}
     assert on_disk | {"labelfree_jax.zoo_recipes"} == listed

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, metavar="N", help="override the config's number of steps")
     parser.add_argument("--max-seconds", type=float, metavar="S",
                         help="stop after S seconds of wall time, checkpoint and write the package")
+    parser.add_argument("--max-cpu-seconds", type=float, metavar="S",
+                        help="stop after S seconds of this process's CPU time (all threads): equal budgets on a "
+                             "shared machine")
     parser.add_argument("--distributed", action="store_true",
                         help=f"multi-host run: call jax.distributed.initialize() first (also when "
                              f"{DISTRIBUTED_ENV}=1); the cluster is detected (SLURM, Open MPI ...) unless "
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if overrides:
         config = type(config).model_validate(config.model_dump() | overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / config.name
-    result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, max_seconds=args.max_seconds)
+    result = train(config, run_dir, resume=args.resume, progress=not args.no_progress, max_seconds=args.max_seconds,
+                   max_cpu_seconds=args.max_cpu_seconds)
     import jax
 
     if jax.process_index() == 0:

@@ -35,6 +35,7 @@ from labelfree_jax.models import ops
 from labelfree_jax.models.config import NetworkConfig
 
 __all__ = [
+    "BATCH_NORM_MOMENTUM",
     "Conv",
     "FnetUNet",
     "build_network",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 Dtype = Any
+
+#: Flax BatchNorm momentum: ``running = momentum * running + (1 - momentum) * batch`` (PyTorch's momentum 0.1).
+BATCH_NORM_MOMENTUM = 0.9
 
 
 def _kernel_init(key, shape, dtype=jnp.float32):
@@ -92,7 +96,7 @@ class Conv(nn.Module):
 def _batch_norm(train: bool, dtype: Dtype | None, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(
         use_running_average=not train,
-        momentum=0.9,
+        momentum=BATCH_NORM_MOMENTUM,
         epsilon=1e-5,
         dtype=dtype,
         param_dtype=jnp.float32,

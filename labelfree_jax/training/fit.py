@@ -29,6 +29,7 @@ from pathlib import Path
 import jax
 
 from labelfree_jax.core.errors import ConfigError
+from labelfree_jax.training.batch_norm_stats import BatchNormRecalibration
 from labelfree_jax.training.checkpoints import Checkpoints, latest_checkpoint
 from labelfree_jax.training.config import RunConfig
 from labelfree_jax.training.data_record import describe_training_data
@@ -75,6 +76,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     max_seconds: float | None = None,
+    max_cpu_seconds: float | None = None,
     train_dataset: PairDataset | None = None,
     validation_dataset: PairDataset | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -91,6 +93,8 @@ def train(
         progress: show a tqdm bar (loss, steps/s, patches/s).
         max_seconds: stop after this much wall time (from the call; setup and compilation
             included), checkpoint, and still write the package.
+        max_cpu_seconds: the same for this process's CPU time (all its threads), so that runs on a
+            shared machine can be compared at equal CPU budgets.
         train_dataset, validation_dataset: in-memory datasets (e.g. :class:`ArrayDataset`)
             used instead of ``config.data``.
         on_step: called with the step number after every step (monitoring, tests).
@@ -112,7 +116,7 @@ def train(
     data showed (:func:`~labelfree_jax.training.data_record.describe_training_data`: the signal
     channels, their names, raw intensity statistics).
     """
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     run_dir = Path(run_dir)
     _warn_about_the_schedule(config)
     latest = _check_run_dir(run_dir, config, resume)
@@ -148,10 +152,12 @@ def train(
         data = describe_training_data(train_ds) if parallel.is_main else None
         weighted = config.loss == "weighted_mse"
         validator = Validator(val_ds, config, parallel, weighted) if val_ds is not None else None
+        batch_norm = BatchNormRecalibration(train_ds, config) if config.ema is not None else None
         parts = LoopParts(config, run_dir, tx, loader, validator, checkpoints, losses_log, val_log, parallel, data,
-                          events)
+                          events, batch_norm)
         loop = TrainLoop(parts, state, start_step=start_step, resumed_from=resumed_from, t_start=t_start,
-                         max_seconds=max_seconds, progress=progress and parallel.is_main, on_step=on_step)
+                         max_seconds=max_seconds, progress=progress and parallel.is_main, on_step=on_step,
+                         max_cpu_seconds=max_cpu_seconds, cpu_start=cpu_start)
         result = loop.run()
     except BaseException as err:
         _close(opened, quiet=True)

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from labelfree_jax.training.batch_norm_stats import BatchNormRecalibration
 from labelfree_jax.training.checkpoints import Checkpoints
 from labelfree_jax.training.config import RunConfig
 from labelfree_jax.training.data_record import TrainingDataRecord
@@ -62,6 +63,7 @@ class LoopParts:
     parallel: DataParallel
     data: TrainingDataRecord | None = None
     events: TensorBoardLog | None = None
+    batch_norm: BatchNormRecalibration | None = None  # BatchNorm statistics of the EMA weights
 
 
 class TrainLoop:
@@ -74,12 +76,15 @@ class TrainLoop:
         resumed_from: the checkpoint step resumed from, or None.
         t_start: ``time.perf_counter()`` when :func:`train` began (``max_seconds`` counts from it).
         max_seconds: wall-time limit, or None.
+        max_cpu_seconds: limit on this process's CPU time (all threads, from ``cpu_start``), or None.
+        cpu_start: ``time.process_time()`` when :func:`train` began.
         progress: show a tqdm bar.
         on_step: called with the step number after every step.
     """
 
     def __init__(self, parts: LoopParts, state: dict, *, start_step: int, resumed_from: int | None, t_start: float,
-                 max_seconds: float | None, progress: bool, on_step: Callable[[int], None] | None):
+                 max_seconds: float | None, progress: bool, on_step: Callable[[int], None] | None,
+                 max_cpu_seconds: float | None = None, cpu_start: float = 0.0):
         self.p = parts
         self.state = state
         self.step = start_step
@@ -87,6 +92,8 @@ class TrainLoop:
         self.resumed_from = resumed_from
         self.t_start = t_start
         self.max_seconds = max_seconds
+        self.max_cpu_seconds = max_cpu_seconds
+        self.cpu_start = cpu_start
         self.progress = progress
         self.on_step = on_step
         self.pending: list[tuple[int, jax.Array]] = []  # (step, loss on the device) not yet logged
@@ -119,6 +126,10 @@ class TrainLoop:
                 if self.max_seconds is not None and time.perf_counter() - self.t_start > self.max_seconds:
                     self.stopped_early = True
                     log.info("max_seconds=%s reached at step %d; stopping", self.max_seconds, self.step)
+                    break
+                if self.max_cpu_seconds is not None and time.process_time() - self.cpu_start > self.max_cpu_seconds:
+                    self.stopped_early = True
+                    log.info("max_cpu_seconds=%s reached at step %d; stopping", self.max_cpu_seconds, self.step)
                     break
                 self._one_step()
                 if not self.clock.compiled:
@@ -228,7 +239,7 @@ class TrainLoop:
         )
 
     def _validate(self) -> dict[str, Any]:
-        res = self.p.validator(self.state)
+        res = self.p.validator(self._evaluated_state())
         res["step"] = self.step
         self.last_val, self.last_val_step = res, self.step
         per = res["val_pearson_r_per_channel"]
@@ -238,6 +249,15 @@ class TrainLoop:
             self.p.events.validation(self.step, res["val_loss"], res["val_pearson_r"], per)
         log.info("step %d: val_loss %.5g, val_pearson_r %.4f", self.step, res["val_loss"], res["val_pearson_r"])
         return res
+
+    def _evaluated_state(self) -> dict:
+        """The state to validate and export: with BatchNorm statistics measured for the EMA weights (once per step)."""
+        if self.p.batch_norm is None or "ema" not in self.state:
+            return self.state
+        cached = getattr(self, "_recalibrated", None)
+        if cached is None or cached[0] != self.step:
+            self._recalibrated = (self.step, self.p.batch_norm(self.state))
+        return self._recalibrated[1]
 
     def _save(self) -> None:
         """Checkpoint the state (only when every parameter is finite)."""
@@ -281,7 +301,7 @@ class TrainLoop:
         metrics = self._metrics()
         package_dir = None
         if p.parallel.is_main:
-            package_dir = write_package(p.config, p.run_dir, self.state, metrics, self.step, p.data)
+            package_dir = write_package(p.config, p.run_dir, self._evaluated_state(), metrics, self.step, p.data)
             plot_losses(p.run_dir, p.config.name)
         wait = p.loader.stats.wait_seconds - self.wait_start
         result = TrainResult(

@@ -69,7 +69,7 @@ class TrainResult:
             busy time (its capacity; compare with ``steps_per_s * batch_size``).
         input_wait_fraction: share of the training loop's time spent waiting for batches.
         resumed_from: the checkpoint step the run resumed from (None: fresh start).
-        stopped_early: True when ``max_seconds`` ended the run before ``config.steps``.
+        stopped_early: True when ``max_seconds`` or ``max_cpu_seconds`` ended the run before ``config.steps``.
     """
 
     run_dir: Path

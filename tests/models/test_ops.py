@@ -132,6 +132,7 @@ def _has_3d_convolution(impl) -> bool:
 
 
 def test_auto_is_native_off_cpu_and_rewritten_on_cpu(monkeypatch):
+    monkeypatch.setenv("LABELFREE_ONEDNN", "0")  # the pure-XLA rewrite; oneDNN: tests/models/test_onednn_conv.py
     assert jax.default_backend() == "cpu"
     assert not _has_3d_convolution("auto")
     assert not _has_3d_convolution("cpu")

@@ -335,7 +335,7 @@ def test_a_run_with_every_option_on(tmp_path):
     two = np.concatenate([p[0].ravel() for p in pairs[:2]]).astype(np.float64)
     np.testing.assert_allclose(step.values, [np.percentile(two, [1.0, 99.8])], rtol=1e-12)
     record = model.config.training
-    assert record["ema"] == {"decay": 0.5} and record["loss"]["name"] == "l1_ms_ssim"
+    assert record["ema"] == {"decay": 0.5, "batch_norm_patches": 64} and record["loss"]["name"] == "l1_ms_ssim"
     assert record["augmentation"]["noise"]["sd"] == [0.05, 0.2]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["signal_transforms"][0]["values"] is None  # the run's config as given (resume compares it)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -391,6 +392,18 @@ def test_max_seconds_stops_early_and_still_writes_the_package(tmp_path):
     x = np.random.default_rng(6).normal(size=(1, 24, 24)).astype(np.float32)
     result = train(cfg, tmp_path / "quick", train_dataset=ArrayDataset([(x, x)]), progress=False, max_seconds=0.0)
     assert result.stopped_early and result.steps == 0
+    assert (result.package_dir / "model.safetensors").is_file()
+
+
+def test_max_cpu_seconds_stops_after_that_much_cpu_time(tmp_path):
+    cfg = RunConfig.from_json({"model": TINY_2D, "patch_shape": [16, 16], "batch_size": 4, "steps": 100000,
+                               "validation_interval": 0})
+    x = np.random.default_rng(7).normal(size=(1, 24, 24)).astype(np.float32)
+    cpu0 = time.process_time()
+    result = train(cfg, tmp_path / "cpu", train_dataset=ArrayDataset([(x, x)]), progress=False, max_cpu_seconds=3.0)
+    spent = time.process_time() - cpu0
+    assert result.stopped_early and 0 < result.steps < 100000
+    assert spent >= 3.0  # the cap counts CPU time, setup and compilation included
     assert (result.package_dir / "model.safetensors").is_file()
 
 
