@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "uncertainty.md")
     parser.add_argument("--reuse", action="store_true", help="keep members already trained in --work")
     parser.add_argument("--table-only", action="store_true", help="rewrite the table from results.json")
+    parser.add_argument("--packages", nargs="+", type=Path, metavar="PACKAGE",
+                        help="evaluate these already trained packages (of --dataset, trained on its train region) "
+                             "as the ensemble instead of training members")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = args.work / args.dataset
@@ -209,14 +212,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         spec = accuracy._dataset_specs(args.minutes)[args.dataset]
         members = []
-        for seed in range(args.members):
+        if args.packages:
+            for package in args.packages:
+                info = package.parent / "result.json"
+                steps = json.loads(info.read_text()).get("steps") if info.is_file() else None
+                members.append({"package": str(package.resolve()), "steps": steps})
+        for seed in range(0 if args.packages else args.members):
             config = member_config(args.dataset, spec, work, seed, args.steps)
             members.append(train_member(config, work / f"seed{seed}" / "run", args.minutes, args.reuse))
         result = evaluate(args.dataset, spec, members, work,
                           args.docs.parent / f"uncertainty_calibration_{args.dataset}.png")
         result.update(
-            command=(f"python scripts/benchmark_calibration.py --dataset {args.dataset} --members {args.members} "
-                     f"--minutes {args.minutes:g} --steps {args.steps}"),
+            command=(f"python scripts/benchmark_calibration.py --dataset {args.dataset} "
+                     + (f"--packages {' '.join(str(p) for p in args.packages)}" if args.packages else
+                        f"--members {args.members} --minutes {args.minutes:g} --steps {args.steps}")),
             cpu=cpu_description(), date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         )
         work.mkdir(parents=True, exist_ok=True)

@@ -263,16 +263,24 @@ def test_out_of_memory_retries_with_smaller_tiles(caplog):
     "net, tile",
     [(NET3, (16, 32, 48)), (NetworkConfig(ndim=2, depth=3, mult_chan=8), (64, 96)), (NetworkConfig(), (32, 64, 64))],
 )
-def test_memory_estimate_bounds_xla_buffer_assignment(net, tile):
-    """The estimate covers XLA's temp buffers plus the input/output arrays, within 2x."""
+def test_memory_estimate_bounds_xla_buffer_assignment(net, tile, monkeypatch):
+    """The estimate covers XLA's temp buffers plus the input/output arrays, within 2x (XLA's own convolutions;
+    with the optional oneDNN custom calls XLA's temp buffers only shrink, so the estimate stays an upper bound)."""
     variables = jax.eval_shape(lambda: init_variables(net, 0))
     module = build_network(net)
-    fwd = jax.jit(lambda v, x: module.apply(v, x, train=False))
     x = jax.ShapeDtypeStruct((2,) + tile + (net.in_channels,), jnp.float32)
-    stats = fwd.lower(variables, x).compile().memory_analysis()
+
+    def temp_bytes() -> int:
+        fwd = jax.jit(lambda v, x: module.apply(v, x, train=False))
+        return fwd.lower(variables, x).compile().memory_analysis().temp_size_in_bytes
+
+    monkeypatch.setenv("LABELFREE_ONEDNN", "0")
+    xla_temp = temp_bytes()
     est = estimate_memory_bytes(net, tile, batch_size=2)
     io_bytes = 2 * np.prod(tile) * 4 * (net.in_channels + net.out_channels)
-    assert stats.temp_size_in_bytes + io_bytes <= est <= 2 * stats.temp_size_in_bytes
+    assert xla_temp + io_bytes <= est <= 2 * xla_temp
+    monkeypatch.setenv("LABELFREE_ONEDNN", "1")
+    assert temp_bytes() + io_bytes <= est
 
 
 def test_choose_tile_shape():
