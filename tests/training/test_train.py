@@ -103,7 +103,11 @@ def file_run(tmp_path_factory):
     cfg_path = root / "run.json"
     cfg_path.write_text(json.dumps(config))
     run_a = root / "uninterrupted"
-    result = train(load_run_config(cfg_path), run_a, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # the reference trajectory with XLA's convolutions (xla_convolutions)
+        mp.setenv("LABELFREE_ONEDNN", "0")
+        jax.clear_caches()
+        result = train(load_run_config(cfg_path), run_a, progress=False)
+    jax.clear_caches()
     return {"root": root, "config_path": cfg_path, "run": run_a, "result": result}
 
 
@@ -266,7 +270,18 @@ def test_run_directory_contents(file_run):
         train(other, run, resume=True, progress=False)
 
 
-def test_kill_and_resume_gives_the_same_losses(file_run, tmp_path):
+@pytest.fixture()
+def xla_convolutions(monkeypatch):
+    """Bit-reproducible training needs XLA's own convolutions: the optional oneDNN kernels (on by default where
+    installed) reduce in an order that can change between runs (OpenMP), which moves losses by ~1e-4 after a few
+    steps. The environment reaches child processes too; compiled functions are traced again on both sides."""
+    monkeypatch.setenv("LABELFREE_ONEDNN", "0")
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
+def test_kill_and_resume_gives_the_same_losses(file_run, tmp_path, xla_convolutions):
     run_b = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal, time
@@ -300,7 +315,7 @@ def test_kill_and_resume_gives_the_same_losses(file_run, tmp_path):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
 
 
-def test_four_devices_follow_the_one_device_trajectory(file_run, tmp_path):
+def test_four_devices_follow_the_one_device_trajectory(file_run, tmp_path, xla_convolutions):
     run_c = tmp_path / "four"
     script = textwrap.dedent(f"""
         import json, jax
