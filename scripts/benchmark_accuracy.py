@@ -338,6 +338,20 @@ def run_dataset(name: str, minutes: float, work: Path, recipe: str = "fnet", ste
     return rows
 
 
+def replace_marked_block(path: Path, start: str, end: str, content: str, *, new_file: str | None = None,
+                         heading: str = "") -> None:
+    """Put ``content`` between the markers ``start`` and ``end`` in ``path`` (replacing what is there), or append
+    ``heading`` and the marked block when the markers are absent. ``new_file``: the text of a missing ``path``
+    (None: it must exist)."""
+    text = path.read_text() if new_file is None or path.is_file() else new_file
+    block = f"{start}\n{content}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text += f"\n{heading}{block}\n"
+    path.write_text(text)
+
+
 def write_table(results: list[dict], path: Path) -> str:
     lines = [
         "| dataset | target | recipe | Pearson r (test) | SSIM | NRMSE | reference r | whole-field r | train wall time | train CPU time | steps | command |",
@@ -352,14 +366,8 @@ def write_table(results: list[dict], path: Path) -> str:
             f"`{r['command']}` |"
         )
     table = "\n".join(lines)
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start, end = "<!-- accuracy-table-start -->", "<!-- accuracy-table-end -->"
-    block = f"{start}\n{table}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text += f"\n## Accuracy on real data\n\n{block}\n"
-    path.write_text(text)
+    replace_marked_block(path, "<!-- accuracy-table-start -->", "<!-- accuracy-table-end -->", table,
+                         new_file="# Benchmarks\n", heading="## Accuracy on real data\n\n")
     return table
 
 
@@ -382,13 +390,7 @@ def write_comparison_table(results: list[dict], path: Path) -> str:
             f"{shift(r, 'r_blur')} | {shift(r, 'r_gamma')} | {shift(r, 'r_noise')} | {r['whole_r']:.3f} | "
             f"{r['ssim']:.3f} | `{r['command']}` |")
     table = "\n".join(lines)
-    text = path.read_text()
-    block = f"{COMPARISON_START}\n{table}\n{COMPARISON_END}"
-    if COMPARISON_START in text:
-        text = text[: text.index(COMPARISON_START)] + block + text[text.index(COMPARISON_END) + len(COMPARISON_END):]
-    else:
-        text += f"\n{block}\n"
-    path.write_text(text)
+    replace_marked_block(path, COMPARISON_START, COMPARISON_END, table)
     return table
 
 

@@ -180,13 +180,8 @@ def table(result: dict, command: str, cpu: str, date: str) -> str:
 
 
 def write_docs(docs: Path, block: str) -> None:
-    text = docs.read_text() if docs.is_file() else "# Uncertainty\n"
-    body = f"{START}\n{block}\n{END}"
-    if START in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END):]
-    else:
-        text += f"\n## Calibration on real data\n\n{body}\n"
-    docs.write_text(text)
+    accuracy.replace_marked_block(docs, START, END, block, new_file="# Uncertainty\n",
+                                  heading="## Calibration on real data\n\n")
 
 
 def main(argv: list[str] | None = None) -> int:
